@@ -31,6 +31,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 
@@ -167,6 +168,7 @@ class LaPerm(torch.optim.Optimizer):
             g["laperm_roles"] = [roles.get(self.names.get(p, ""), FREE) for p in g["params"]]
             g["laperm_digests"] = [_digest(self._sorted[p]) if p in self._sorted else 0
                                    for p in g["params"]]
+        self.sync_seconds = 0.0  # wall time spent in sync() by this object (not saved)
         self._link()
 
     # -- plumbing: share everything with the base optimizer (as timm's Lookahead does) --------
@@ -179,7 +181,8 @@ class LaPerm(torch.optim.Optimizer):
         return self.base.state
 
     def __getstate__(self):
-        return {"base": self.base, "names": self.names, "_sorted": self._sorted}
+        return {"base": self.base, "names": self.names, "_sorted": self._sorted,
+                "sync_seconds": self.sync_seconds}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -260,11 +263,13 @@ class LaPerm(torch.optim.Optimizer):
     @torch.no_grad()
     def sync(self):
         """Put every permuted row into the rank order of its inner weights (and reset γ/β)."""
+        t0 = time.perf_counter()
         for p, value in list(self._synced_values()):
             p.copy_(value)
         for g in self.param_groups:
             g["laperm_last_sync"] = g["laperm_step"]
             g["laperm_syncs"] += 1
+        self.sync_seconds += time.perf_counter() - t0
 
     @contextlib.contextmanager
     def synced_view(self):

@@ -1,0 +1,353 @@
+"""The torch adapter: save, load, load_into, open, read_header, export, verify.
+
+Thin on purpose: it turns tensors into numpy arrays and back, handles files (atomic writes,
+mmap) and names (tied weights, wrapper prefixes). Bytes are decided in tensors.py and format.py.
+"""
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import __version__, dtypes, format as fmt, tensors as T
+from .errors import IntegrityError, PermcodecError, RuleError
+from .init import TORCH_DTYPE, canonical_name, rules_of
+from .rules import Rule
+
+TORCH_NAMES = {
+    torch.float64: "float64", torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
+    torch.complex128: "complex128", torch.complex64: "complex64",
+    torch.int64: "int64", torch.int32: "int32", torch.int16: "int16", torch.int8: "int8", torch.uint8: "uint8",
+    torch.bool: "bool",
+}
+for _n in ("float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64"):
+    if hasattr(torch, _n):
+        TORCH_NAMES[getattr(torch, _n)] = _n
+FROM_NAME = {v: k for k, v in TORCH_NAMES.items()}
+
+
+# ---- tensors <-> numpy ----------------------------------------------------------------------
+def to_numpy(t: torch.Tensor) -> tuple[np.ndarray, str]:
+    name = TORCH_NAMES.get(t.dtype)
+    if name is None:
+        raise PermcodecError(f"dtype {t.dtype} is not supported: convert the tensor to one of {', '.join(FROM_NAME)}")
+    t = t.detach().cpu().contiguous()
+    storage = dtypes.storage(name)
+    if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64"):
+        signed = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[storage.itemsize]
+        return t.view(signed).numpy().view(storage), name
+    return t.numpy(), name
+
+
+def to_torch(arr: np.ndarray, dtype_name: str, device=None) -> torch.Tensor:
+    storage = dtypes.storage(dtype_name)
+    if not (arr.flags.c_contiguous and arr.flags.writeable):
+        arr = arr.copy(order="C")
+    if dtype_name in ("bfloat16", "float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64"):
+        signed = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}[storage.itemsize]
+        t = torch.from_numpy(arr.view(signed)).view(FROM_NAME[dtype_name])
+    else:
+        t = torch.from_numpy(arr)
+    return t if device is None else t.to(device)
+
+
+# ---- what to save ----------------------------------------------------------------------------
+def _collect(obj) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, Rule]]:
+    """(tensors, aliases {name: target}, rules found on the model) from a model or state dict."""
+    if isinstance(obj, torch.nn.Module):
+        rules = rules_of(obj)
+        state = obj.state_dict(keep_vars=True)
+    elif isinstance(obj, dict):
+        rules, state = {}, obj
+    else:
+        raise PermcodecError(f"save() takes a torch.nn.Module or a dict of tensors, not {type(obj).__name__}")
+    tensors, aliases, seen = {}, {}, {}
+    for raw_name, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise PermcodecError(f"state entry {raw_name!r} is a {type(t).__name__}, not a tensor: "
+                                 f"put non-tensor data into metadata=")
+        name = canonical_name(raw_name)
+        if name in tensors or name in aliases:
+            raise PermcodecError(f"two entries map to the name {name!r} after removing wrapper prefixes")
+        key = None
+        if t.numel() and t.device.type != "meta":
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+        else:
+            if key is not None:
+                seen[key] = name
+            tensors[name] = t
+    return tensors, aliases, rules
+
+
+def _atomic_write(path, write) -> int:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".permcodec-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            size = write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return size
+
+
+def save(obj, path, *, rules: dict | None = None, codec: str = "auto", fast: bool = False,
+         metadata: dict | None = None, zstd_level: int = 3, on_mismatch: str = "raise") -> int:
+    """Write ``obj`` (a model or a state dict) to ``path`` atomically; returns the file size.
+
+    Tensors with a rule (recorded on the model by permcodec.init, or passed as ``rules``) are
+    stored as permutations of their seeded initial values; everything else raw and compressed.
+    ``codec``: "auto" (smallest), or a codec name; ``fast=True`` picks the fixed-layout codec.
+    ``on_mismatch``: "raise" (default) or "raw" to store a non-rearranged tensor raw.
+    """
+    tensors, aliases, found = _collect(obj)
+    rules = {canonical_name(k): (Rule.from_dict(v) if isinstance(v, dict) else v)
+             for k, v in {**found, **(rules or {})}.items()}
+    unknown = sorted(set(rules) - set(tensors) - set(aliases))
+    if unknown:
+        raise RuleError(f"rules name tensors that are not in the model: {', '.join(unknown[:5])}")
+    if on_mismatch not in ("raise", "raw"):
+        raise PermcodecError(f"on_mismatch must be 'raise' or 'raw', not {on_mismatch!r}")
+    if fast:
+        codec = "packed"
+    meta = _check_metadata(metadata or {})
+
+    def write(f):
+        w = fmt.Writer(f)
+        entries = []
+        for name, t in tensors.items():
+            arr, dt = to_numpy(t)
+            entry = {"name": name, "shape": list(arr.shape), "dtype": dt, "digest": T.digest(arr)}
+            rule = rules.get(name)
+            if rule is not None and dt in dtypes.PERMUTABLE and arr.ndim >= 1 and arr.size:
+                try:
+                    params, payload = T.encode_permuted(arr, rule, dt, name, codec)
+                    entry.update(kind="permuted", layout="rows", init=rule.to_dict(), codec=params,
+                                 section=w.add_section(payload))
+                    entries.append(entry)
+                    continue
+                except PermcodecError:
+                    if on_mismatch == "raise":
+                        raise
+            elif rule is not None and on_mismatch == "raise":
+                raise RuleError(f"{name!r} has a rule but is a {dt} tensor of shape {list(arr.shape)}: "
+                                f"only non-empty float tensors can be stored as permutations")
+            enc, payload = T.encode_raw(arr, zstd_level)
+            entry.update(kind="raw", encoding=enc, section=w.add_section(payload))
+            entries.append(entry)
+        for name, target in aliases.items():
+            t = next(e for e in entries if e["name"] == target)
+            entries.append({"name": name, "shape": t["shape"], "dtype": t["dtype"], "kind": "alias",
+                            "target": target, "digest": t["digest"]})
+        return w.finish({"format": "permcodec", "created_by": f"permcodec {__version__}",
+                         "metadata": meta, "tensors": entries})
+
+    return _atomic_write(path, write)
+
+
+def export(state_dict, rules, path, **kw) -> int:
+    """Write an ordinary checkpoint as a permcodec file: ``rules`` say which tensors are
+    rearrangements of which seeded initial values. A tensor that is not raises
+    NotAPermutationError naming it, the row, and how many values differ."""
+    if not rules:
+        raise RuleError("export needs rules: {tensor name: Rule}; see permcodec.init.rules_of(model)")
+    return save(state_dict, path, rules=rules, **kw)
+
+
+def _check_metadata(meta):
+    import msgpack
+    try:
+        msgpack.packb(meta, use_bin_type=True, strict_types=False)
+    except Exception as e:
+        raise PermcodecError(f"metadata must be msgpack-serializable (str, int, float, bool, None, bytes, "
+                             f"lists and dicts): {e}") from None
+    if not isinstance(meta, dict):
+        raise PermcodecError("metadata must be a dict")
+    return meta
+
+
+# ---- reading ---------------------------------------------------------------------------------
+class File:
+    """A permcodec file opened for lazy reading (mmap): one tensor is decoded at a time.
+
+        with permcodec.open("model.perm") as f:
+            w = f.get_tensor("fc1.weight")
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        with open(self.path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise fmt.FormatError(f"{self.path} is empty: not a permcodec file")
+            self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            self.container = fmt.Container(self._mm)
+        except BaseException:
+            self.close()
+            raise
+        self.header = self.container.header
+        self.entries = {t["name"]: t for t in self.header["tensors"]}
+
+    @property
+    def metadata(self) -> dict:
+        return self.header.get("metadata", {})
+
+    def keys(self):
+        return list(self.entries)
+
+    def __contains__(self, name):
+        return name in self.entries
+
+    def entry(self, name) -> dict:
+        try:
+            e = self.entries[name]
+        except KeyError:
+            raise PermcodecError(f"no tensor {name!r} in {self.path}") from None
+        return self.entries[e["target"]] if e["kind"] == "alias" else e
+
+    def get_numpy(self, name, check_digest: bool = False) -> np.ndarray:
+        e = self.entry(name)
+        arr = T.decode(e, self.container.section(e["section"]))
+        if check_digest and T.digest(arr) != e["digest"]:
+            raise IntegrityError(f"tensor {name!r} does not rebuild to its recorded digest "
+                                 f"(decoder or generator mismatch): report this with the file")
+        return arr
+
+    def get_tensor(self, name, device="cpu", check_digest: bool = False) -> torch.Tensor:
+        e = self.entry(name)
+        if torch.device(device).type != "cpu":
+            from . import gpu
+            if gpu.supports(e):
+                return gpu.decode(e, self.container.section(e["section"]), device, check_digest=check_digest)
+        return to_torch(self.get_numpy(name, check_digest), e["dtype"], device)
+
+    def close(self):
+        mm, self._mm = getattr(self, "_mm", None), None
+        self.container = None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:  # a view is still alive; the map closes when it is collected
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_file(path) -> File:
+    return File(path)
+
+
+def read_header(path) -> dict:
+    """The validated header (tensors, metadata, codecs, sections) without decoding any payload."""
+    with File(path) as f:
+        h = dict(f.header)
+        h["version"] = [f.container.major, f.container.minor]
+        return h
+
+
+def load(path, device="cpu", *, check_digests: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor of ``path``, bit for bit, on ``device``; tied names share one tensor."""
+    out = {}
+    with File(path) as f:
+        for name, e in f.entries.items():
+            if e["kind"] != "alias":
+                out[name] = f.get_tensor(name, device, check_digests)
+        for name, e in f.entries.items():
+            if e["kind"] == "alias":
+                out[name] = out[e["target"]]
+    return out
+
+
+def load_into(model: torch.nn.Module, path, *, strict: bool = True) -> torch.nn.Module:
+    """Copy the file's tensors into ``model`` (prefixes like ``_orig_mod.`` are matched)."""
+    state = load(path)
+    own = model.state_dict(keep_vars=True)
+    by_canon = {canonical_name(k): k for k in own}
+    missing = sorted(set(by_canon) - set(state))
+    unexpected = sorted(set(state) - set(by_canon))
+    if strict and (missing or unexpected):
+        raise PermcodecError(f"{path}: state does not match the model: missing {missing[:10]}, "
+                             f"unexpected {unexpected[:10]} (pass strict=False to load the overlap)")
+    with torch.no_grad():
+        for canon, t in state.items():
+            if canon in by_canon:
+                target = own[by_canon[canon]]
+                if target.shape != t.shape or target.dtype != t.dtype:
+                    raise PermcodecError(f"{canon!r}: file has {t.dtype} {list(t.shape)}, model has "
+                                         f"{target.dtype} {list(target.shape)}")
+                target.copy_(t)
+    return model
+
+
+@dataclass
+class Report:
+    """What verify() checked."""
+    path: str
+    tensors: int = 0
+    weights: int = 0
+    permuted: int = 0
+    file_bytes: int = 0
+    model_checked: bool = False
+    details: list = field(default_factory=list)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().cpu().contiguous()
+    size = t.element_size()
+    if t.dtype == torch.bool:
+        return t.view(torch.uint8)
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.int64}[size])
+
+
+def verify(path, model=None) -> Report:
+    """Decode every tensor and check each against its recorded SHA-256 digest; with ``model``
+    (a module or state dict), also check each of its tensors is bit-equal to the file's."""
+    rep = Report(path=os.fspath(path), file_bytes=os.path.getsize(path))
+    with File(path) as f:
+        decoded = {}
+        for name, e in f.entries.items():
+            arr = f.get_numpy(name, check_digest=True)
+            rep.tensors += 1
+            rep.weights += arr.size if e["kind"] != "alias" else 0
+            rep.permuted += e["kind"] == "permuted"
+            if model is not None:
+                decoded[name] = to_torch(arr, f.entry(name)["dtype"])
+    if model is not None:
+        tensors, aliases, _ = _collect(model)
+        names = set(tensors) | set(aliases)
+        if names != set(decoded):
+            raise IntegrityError(f"model and file hold different tensors: only in model "
+                                 f"{sorted(names - set(decoded))[:10]}, only in file {sorted(set(decoded) - names)[:10]}")
+        for name, t in {**tensors, **{a: tensors[b] for a, b in aliases.items()}}.items():
+            d = decoded[name]
+            if t.dtype != d.dtype or t.shape != d.shape or not torch.equal(_bits(t), _bits(d)):
+                raise IntegrityError(f"{name!r} differs between the model and {path}")
+        rep.model_checked = True
+    return rep

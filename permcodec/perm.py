@@ -1,0 +1,87 @@
+"""Canonical permutations: find them in trained weights, check them, apply them.
+
+A permuted tensor is held as ``rows x n`` (row = fan-in of one output unit). Row ``r`` of the
+trained tensor is ``w[r] = v[r][perm[r]]``: a gather from the initial values ``v``. Where ``v``
+has equal values (pruned zeros, a shared constant, ties) many ``perm`` give the same ``w``; the
+canonical one sends equal values' positions, in increasing order, to their sources in increasing
+order. Equality is equality of bit patterns.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .dtypes import order_keys
+from .errors import FormatError, NotAPermutationError
+
+
+def as_rows(shape) -> tuple[int, int]:
+    """(rows, n) of a tensor of ``shape``: shape[0] rows of prod(shape[1:]); 1-D is one row."""
+    if len(shape) == 1:
+        return 1, int(shape[0])
+    n = 1
+    for d in shape[1:]:
+        n *= int(d)
+    return int(shape[0]), n
+
+
+def find(v: np.ndarray, w: np.ndarray, name: str = "tensor") -> np.ndarray:
+    """The canonical ``perm`` (int64, rows x n) with ``w == take_along_axis(v, perm, 1)``.
+
+    Raises NotAPermutationError naming the first row whose values differ, and how many.
+    """
+    kv = order_keys(v)
+    kw = order_keys(w)
+    sv = np.argsort(kv, axis=1, kind="stable")
+    sw = np.argsort(kw, axis=1, kind="stable")
+    sorted_v = np.take_along_axis(kv, sv, 1)
+    sorted_w = np.take_along_axis(kw, sw, 1)
+    bad = np.flatnonzero((sorted_v != sorted_w).any(axis=1))
+    if bad.size:
+        r = int(bad[0])
+        differ = _multiset_difference(sorted_v[r], sorted_w[r])
+        raise NotAPermutationError(
+            f"{name!r} row {r} is not a rearrangement of its initial values: {differ} of {v.shape[1]} values "
+            f"differ ({bad.size} of {v.shape[0]} rows affected). Was the model saved between two syncs "
+            f"(call LaPerm.sync() first), or initialized with another rule or seed?")
+    perm = np.empty_like(sv)
+    np.put_along_axis(perm, sw, sv, 1)
+    return perm
+
+
+def _multiset_difference(a: np.ndarray, b: np.ndarray) -> int:
+    """How many elements of sorted ``b`` have no partner in sorted ``a``."""
+    ua, ca = np.unique(a, return_counts=True)
+    ub, cb = np.unique(b, return_counts=True)
+    common, ia, ib = np.intersect1d(ua, ub, assume_unique=True, return_indices=True)
+    return int(cb.sum() - np.minimum(ca[ia], cb[ib]).sum())
+
+
+def check(perm: np.ndarray, what: str = "permutation") -> np.ndarray:
+    """Raise FormatError unless every row of ``perm`` is a permutation of 0..n-1."""
+    rows, n = perm.shape
+    if perm.size and (perm.min() < 0 or perm.max() >= n):
+        raise FormatError(f"decoded {what} has an index outside [0, {n}): corrupt payload")
+    flat = (perm + (np.arange(rows, dtype=np.int64)[:, None] * n)).ravel()
+    seen = np.zeros(rows * n, dtype=bool)
+    seen[flat] = True
+    if not seen.all():
+        raise FormatError(f"decoded {what} repeats an index: corrupt payload")
+    return perm
+
+
+def apply(v: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """``w = v[perm]`` row by row."""
+    return np.take_along_axis(v, perm, 1)
+
+
+def info_bits(v: np.ndarray) -> float:
+    """The information limit, in bits, of all rows of ``v``: sum log2(n! / prod m_v!)."""
+    from math import lgamma, log
+    k = np.sort(order_keys(v), axis=1)
+    total = 0.0
+    n = v.shape[1]
+    for row in k:
+        change = np.flatnonzero(np.diff(row)) + 1
+        counts = np.diff(np.concatenate(([0], change, [n])))
+        total += lgamma(n + 1) - sum(lgamma(int(c) + 1) for c in counts[counts > 1])
+    return total / log(2)

@@ -1,0 +1,115 @@
+"""Tensor payloads <-> bytes, without torch: raw encodings, permuted tensors, digests.
+
+The torch adapter (api.py) hands numpy arrays in and gets numpy arrays back; everything that
+decides bytes lives here, so the format can be read with numpy alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import zstandard
+
+from . import codecs, dtypes, perm as _perm
+from .errors import FormatError, PermcodecError
+from .rules import Rule
+
+
+def digest(arr: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data).digest()
+
+
+# ---- raw tensors -------------------------------------------------------------------------
+def _shuffle(b: np.ndarray, size: int) -> np.ndarray:
+    return b.reshape(-1, size).T.copy()
+
+
+def _unshuffle(b: np.ndarray, size: int) -> np.ndarray:
+    return b.reshape(size, -1).T.copy()
+
+
+def encode_raw(arr: np.ndarray, level: int = 3) -> tuple[str, bytes]:
+    """(encoding, payload) for a raw tensor: the smallest of none, zstd and shuffle+zstd."""
+    b = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    best = ("none", b.tobytes())
+    if b.size == 0:
+        return best
+    candidates = [("zstd", b)]
+    if arr.dtype.itemsize > 1:
+        candidates.insert(0, ("shuffle+zstd", _shuffle(b, arr.dtype.itemsize)))
+    for enc, data in candidates:
+        out = cctx.compress(data.tobytes())
+        if len(out) < len(best[1]):
+            best = (enc, out)
+    return best
+
+
+def decode_raw(entry: dict, payload) -> np.ndarray:
+    dt = dtypes.storage(entry["dtype"])
+    shape = tuple(entry["shape"])
+    nbytes = math.prod(shape) * dt.itemsize
+    enc = entry["encoding"]
+    if enc == "none":
+        data = np.frombuffer(payload, np.uint8).copy()
+    else:
+        try:
+            declared = zstandard.frame_content_size(payload)
+        except zstandard.ZstdError as e:
+            raise FormatError(f"tensor {entry['name']!r}: bad zstd frame: {e}") from None
+        if declared != nbytes:
+            raise FormatError(f"tensor {entry['name']!r}: zstd frame declares {declared} bytes, "
+                              f"shape and dtype need {nbytes}")
+        try:
+            data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=nbytes)
+        except zstandard.ZstdError as e:
+            raise FormatError(f"tensor {entry['name']!r}: zstd data is corrupt: {e}") from None
+        if len(data) != nbytes:
+            raise FormatError(f"tensor {entry['name']!r}: zstd frame gave {len(data)} bytes, expected {nbytes}")
+        data = np.frombuffer(data, np.uint8)
+        if enc == "shuffle+zstd":
+            data = _unshuffle(data, dt.itemsize)
+    return data.view(dt).reshape(shape)
+
+
+# ---- permuted tensors --------------------------------------------------------------------
+def initial_rows(entry: dict) -> np.ndarray:
+    """The initial values of a permuted tensor as (rows, n)."""
+    rule = Rule.from_dict(entry["init"])
+    rows, n = _perm.as_rows(entry["shape"])
+    return rule.values((rows, n), entry["dtype"])
+
+
+def encode_permuted(arr: np.ndarray, rule: Rule, dtype: str, name: str, codec: str = "auto",
+                    **options) -> tuple[dict, bytes]:
+    """(codec params, payload) of ``arr``, which must rearrange ``rule``'s values row by row."""
+    rows, n = _perm.as_rows(arr.shape)
+    v = rule.values((rows, n), dtype)
+    p = _perm.find(v, arr.reshape(rows, n), name)
+    best = None
+    for module in codecs.choose(codec):
+        params, payload = module.encode(p, v, **options)
+        if best is None or len(payload) < len(best[1]):
+            best = (params, payload)
+    return best
+
+
+def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> np.ndarray:
+    v = initial_rows(entry) if values is None else values
+    module = codecs.get(entry["codec"]["name"])
+    try:
+        p = module.decode(entry["codec"], payload, v)
+    except PermcodecError:
+        raise
+    except Exception as e:  # a codec must not crash on hostile bytes; report it as corrupt
+        raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} failed on the payload: {e!r}") from None
+    if p.shape != v.shape:
+        raise FormatError(f"tensor {entry['name']!r}: codec returned shape {p.shape}, expected {v.shape}")
+    return _perm.apply(v, p).reshape(entry["shape"])
+
+
+def decode(entry: dict, payload) -> np.ndarray:
+    if entry["kind"] == "raw":
+        return decode_raw(entry, payload)
+    return decode_permuted(entry, payload)

@@ -1,0 +1,133 @@
+"""The paper's instruments: ranking distance (§3), weight profiles (Figs 1, 11), permutation
+cycles (Fig 14). Plots use matplotlib's Agg backend and are written to PNG files.
+
+>>> import torch
+>>> w = torch.nn.Parameter(torch.tensor([[0.3, 0.1, 0.2]]))
+>>> rd = RankingDistance({"w": w})
+>>> with torch.no_grad(): _ = w.copy_(torch.tensor([[0.1, 0.3, 0.2]]))
+>>> rd.update()["w"]["mean"]  # ranks went (2, 0, 1) -> (0, 2, 1): distances 2, 2, 0
+1.3333333333333333
+>>> cycles([2, 0, 1], [0, 2, 1])  # rank 2 -> 0 and 0 -> 2 swap; rank 1 stays
+[[0, 2], [1]]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .laperm import rows_of
+
+__all__ = ["ranks", "RankingDistance", "cycles", "plot_profiles", "plot_cycles", "load_state"]
+
+
+def ranks(t: torch.Tensor) -> torch.Tensor:
+    """Each row's ranking R (stable: equal values ranked by index), as int64 ``(rows, n)``."""
+    rows = rows_of(t.detach())
+    order = torch.argsort(rows, dim=1, stable=True)
+    pos = torch.arange(rows.shape[1]).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, pos)
+
+
+class RankingDistance:
+    """Mean and SD of ``|R_t - R_{t-1}|`` over each tensor's entries, between successive calls."""
+
+    def __init__(self, params: dict[str, torch.Tensor]):
+        self.params = params
+        self.prev = {n: ranks(p) for n, p in params.items()}
+
+    def update(self) -> dict[str, dict]:
+        out = {}
+        for n, p in self.params.items():
+            r = ranks(p)
+            d = (r - self.prev[n]).abs().double()
+            out[n] = {"mean": float(d.mean()), "sd": float(d.std(correction=0)), "n": r.shape[1]}
+            self.prev[n] = r
+        return out
+
+
+def cycles(rank_from, rank_to) -> list[list[int]]:
+    """Disjoint cycles of σ with σ(rank_from[j]) = rank_to[j] (ranks as sorted positions)."""
+    sigma = {int(a): int(b) for a, b in zip(rank_from, rank_to)}
+    seen, out = set(), []
+    for start in sorted(sigma):
+        if start in seen:
+            continue
+        cyc, v = [], start
+        while v not in seen:
+            seen.add(v)
+            cyc.append(v)
+            v = sigma[v]
+        out.append(cyc)
+    return out
+
+
+def load_state(path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(state dict, training config or None) of a .perm file or a trainer checkpoint."""
+    path = Path(path)
+    if path.suffix == ".perm":
+        import permcodec
+        meta = permcodec.read_header(path).get("metadata") or {}
+        return permcodec.load(path), meta.get("config")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "model" in ckpt and "config" in ckpt:
+        return ckpt["model"], ckpt["config"]
+    return ckpt, None
+
+
+def initial_state(config: dict) -> dict[str, torch.Tensor]:
+    """The seeded initial weights of the run described by ``config`` (rebuilt, not stored)."""
+    from .train import Config, build_model
+    return build_model(Config(**config)).state_dict()
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_profiles(tensors: dict[str, torch.Tensor], path, *, max_rows: int = 256) -> Path:
+    """Weight profiles: every row sorted ascending and overlaid, one panel per tensor."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(tensors), figsize=(4 * len(tensors), 3.2), squeeze=False)
+    for ax, (name, t) in zip(axes[0], tensors.items()):
+        rows = rows_of(t.detach().float()).sort(dim=1).values[:max_rows]
+        x = torch.arange(rows.shape[1])
+        for row in rows:
+            ax.plot(x, row, ".", ms=1, alpha=0.3)
+        ax.set_title(f"{name} {tuple(t.shape)}", fontsize=8)
+        ax.set_xlabel("position after sorting")
+    axes[0][0].set_ylabel("weight")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_cycles(row_from: torch.Tensor, row_to: torch.Tensor, path, *, title: str = "") -> list:
+    """Fig 14: the row's values on a circle in ascending order, each cycle of the rearrangement
+    from ``row_from`` to ``row_to`` drawn in its own colour. Returns the cycles."""
+    import math
+    plt = _pyplot()
+    ra, rb = ranks(row_from.reshape(1, -1))[0], ranks(row_to.reshape(1, -1))[0]
+    cyc = cycles(ra.tolist(), rb.tolist())
+    n = len(ra)
+    ang = [2 * math.pi * i / n for i in range(n)]
+    xy = [(math.cos(a), math.sin(a)) for a in ang]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(*zip(*xy), "k.", ms=2)
+    cmap = plt.get_cmap("tab20")
+    long = [c for c in cyc if len(c) > 1]
+    for ci, c in enumerate(long):
+        for a, b in zip(c, c[1:] + c[:1]):
+            ax.annotate("", xy=xy[b], xytext=xy[a],
+                        arrowprops={"arrowstyle": "->", "color": cmap(ci % 20), "lw": 0.6})
+    ax.set_title(title or f"n={n}: {len(long)} cycles, {n - sum(map(len, long))} fixed", fontsize=9)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return cyc
