@@ -19,7 +19,8 @@ import torch
 
 from .laperm import rows_of
 
-__all__ = ["ranks", "RankingDistance", "cycles", "plot_profiles", "plot_cycles", "load_state"]
+__all__ = ["ranks", "RankingDistance", "cycles", "plot_profiles", "plot_cycles", "plot_ranking",
+           "load_state", "initial_state"]
 
 
 def ranks(t: torch.Tensor) -> torch.Tensor:
@@ -131,3 +132,25 @@ def plot_cycles(row_from: torch.Tensor, row_to: torch.Tensor, path, *, title: st
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return cyc
+
+
+def plot_ranking(log: dict, path) -> Path:
+    """Fig 3/13: mean and SD of the ranking distance over training, divided by the row length."""
+    plt = _pyplot()
+    series = log.get("ranking_distance", [])
+    names = list(series[0]) if series else []
+    names = [n for n in names if n != "step"]
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4 * max(len(names), 1), 3),
+                             squeeze=False)
+    steps = [r["step"] for r in series]
+    for ax, name in zip(axes[0], names):
+        n = series[0][name]["n"]
+        ax.plot(steps, [r[name]["mean"] / n for r in series], label="mean D / n")
+        ax.plot(steps, [r[name]["sd"] / n for r in series], label="SD[D] / n")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

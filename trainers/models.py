@@ -7,8 +7,8 @@ between dense layers. Parameter counts match Table 1 (see ``tests/test_trainer_m
 =============  =====================================================  ============  ==========
 name           layers                                                 data          params
 =============  =====================================================  ============  ==========
-``f1``         784 -> 10 (softmax regression)                         MNIST         7,850
-``f2``         784-128-64-10, ReLU                                    MNIST         109,386
+``f1``         784 -> 10, no bias (§5.5)                              MNIST         7,840
+``f2``         784-128-64-10, ReLU, no output bias (§5.5)             MNIST         109,376
 ``mlp``        784-100-100-10, ReLU (section 3, appendix A.3)         MNIST         89,610
 ``conv7``      2x32, 32(5x5/2), 2x64, 64(5x5/2), 128(4x4), 10         MNIST         325,578
 ``conv2``      2x64, pool, 256, 256, 10 (BN, dropout)                 CIFAR-10      4.3M
@@ -26,10 +26,10 @@ from torch import nn
 __all__ = ["build", "MODELS", "INPUT", "PERMUTE_BIAS", "ResNetV1"]
 
 
-def _mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
+def _mlp(sizes: list[int], dropout: float = 0.0, out_bias: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
     for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
-        layers.append(nn.Linear(a, b))
+        layers.append(nn.Linear(a, b, bias=out_bias or i < len(sizes) - 2))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
             if dropout:
@@ -107,8 +107,8 @@ class ResNetV1(nn.Module):
 
 
 MODELS = {
-    "f1": lambda: _mlp([784, 10]),
-    "f2": lambda: _mlp([784, 128, 64, 10]),
+    "f1": lambda: _mlp([784, 10], out_bias=False),  # §5.5: softmax outputs without bias
+    "f2": lambda: _mlp([784, 128, 64, 10], out_bias=False),
     "mlp": lambda: _mlp([784, 100, 100, 10]),
     "conv7": conv7,
     "conv2": lambda: _vgg([[64, 64]], [256, 256]),
