@@ -123,7 +123,8 @@ class LaPerm(torch.optim.Optimizer):
         base_optimizer: the inner optimizer; it must hold every permuted parameter.
         k: the sync period in steps (a sync follows the base step when ``k`` steps have passed
             since the last sync; with a constant k, exactly when k divides the step).
-        k_schedule: ``[(from_step, k), ...]`` starting at step 0, instead of a constant ``k``.
+        k_schedule: ``[(from_step, k), ...]`` starting at step 0, instead of a constant ``k``; a
+            period that begins (at a sync) at or after ``from_step`` lasts ``k`` steps.
         permute: names (or a predicate ``(name, param) -> bool``) of the tensors to permute;
             default :func:`default_permuted`.
         bias: with the default ``permute``, also permute conv/linear biases, each as one vector.
@@ -227,8 +228,8 @@ class LaPerm(torch.optim.Optimizer):
 
     @property
     def k(self) -> int:
-        """The sync period in force at the current step."""
-        return [v for s, v in self.k_schedule if s <= self.step_count][-1]
+        """The current sync period: the schedule's k for the period that began at the last sync."""
+        return [v for s, v in self.k_schedule if s <= self.last_sync][-1]
 
     @property
     def is_synced(self) -> bool:
