@@ -34,6 +34,10 @@ MAX_HEADER = 100 << 20  # bytes
 MAX_TENSORS = 1 << 20
 MAX_NDIM = 32
 MAX_NUMEL = 1 << 48
+# A reader decodes at most max(MIN_BUDGET, MAX_EXPANSION * file size) bytes of tensors from one file
+# (zstd itself expands at most ~2^15-fold), so a small hostile file cannot demand huge allocations.
+MAX_EXPANSION = 1 << 15
+MIN_BUDGET = 1 << 26
 KINDS = ("raw", "permuted", "alias")
 ENCODINGS = ("none", "zstd", "shuffle+zstd")
 
@@ -141,6 +145,7 @@ class Container:
             _fail(f"header is not valid msgpack: {e}")
         self.header = validate_header(header)
         self._check_tiling(h_off)
+        self._check_budget(size)
         self.header_offset = h_off
 
     def _check_tiling(self, end: int) -> None:
@@ -156,6 +161,15 @@ class Container:
                 _fail(f"section {i} ({off}+{length}) runs past the header at {end}")
         if end - pos >= ALIGN or any(self.buf[pos:end]):
             _fail(f"bytes between the last section (ends at {pos}) and the header ({end}) are not alignment padding")
+
+    def _check_budget(self, size: int) -> None:
+        total = sum(math.prod(t["shape"]) * dtypes.itemsize(t["dtype"])
+                    for t in self.header["tensors"] if t["kind"] != "alias")
+        budget = max(MIN_BUDGET, MAX_EXPANSION * size)
+        if total > budget:
+            _fail(f"tensors declare {total} decoded bytes, more than this reader decodes from a {size}-byte file "
+                  f"({budget}: {MAX_EXPANSION} bytes per file byte, at least {MIN_BUDGET}): hostile or corrupt "
+                  f"(raise permcodec.format.MAX_EXPANSION to read it anyway)")
 
     def section(self, i: int, check: bool = True) -> memoryview:
         s = self.header["sections"][i]
@@ -235,7 +249,7 @@ def validate_header(h) -> dict:
                 _fail(f"tensor {name!r}: unknown layout {t.get('layout')!r}")
     for name, t in names.items():
         if t["kind"] == "alias":
-            target = names.get(t.get("target"))
+            target = names.get(t.get("target")) if isinstance(t.get("target"), str) else None
             if target is None or target["kind"] == "alias":
                 _fail(f"alias {name!r} points at {t.get('target')!r}, which is not a stored tensor")
             if target["shape"] != t["shape"] or target["dtype"] != t["dtype"]:

@@ -46,6 +46,22 @@ def encode_raw(arr: np.ndarray, level: int = 3) -> tuple[str, bytes]:
     return best
 
 
+def _frame_size(payload) -> int:
+    """Bytes taken by the zstd frame at the start of ``payload``, from its block headers alone
+    (zstd's format document, §Blocks): a section must be exactly one frame."""
+    pos = zstandard.frame_header_size(payload)
+    while True:
+        if pos + 3 > len(payload):
+            raise zstandard.ZstdError("frame ends inside a block header")
+        head = int.from_bytes(payload[pos:pos + 3], "little")
+        kind, size = (head >> 1) & 3, head >> 3
+        if kind == 3:
+            raise zstandard.ZstdError("reserved block type")
+        pos += 3 + (1 if kind == 1 else size)
+        if head & 1:
+            return pos + 4 * zstandard.get_frame_parameters(payload).has_checksum
+
+
 def decode_raw(entry: dict, payload) -> np.ndarray:
     dt = dtypes.storage(entry["dtype"])
     shape = tuple(entry["shape"])
@@ -56,8 +72,11 @@ def decode_raw(entry: dict, payload) -> np.ndarray:
     else:
         try:
             declared = zstandard.frame_content_size(payload)
+            used = _frame_size(payload)
         except zstandard.ZstdError as e:
             raise FormatError(f"tensor {entry['name']!r}: bad zstd frame: {e}") from None
+        if used != len(payload):
+            raise FormatError(f"tensor {entry['name']!r}: section holds {len(payload)} bytes, its zstd frame {used}")
         if declared != nbytes:
             raise FormatError(f"tensor {entry['name']!r}: zstd frame declares {declared} bytes, "
                               f"shape and dtype need {nbytes}")
@@ -70,6 +89,8 @@ def decode_raw(entry: dict, payload) -> np.ndarray:
         data = np.frombuffer(data, np.uint8)
         if enc == "shuffle+zstd":
             data = _unshuffle(data, dt.itemsize)
+    if dt == np.bool_ and data.size and data.max() > 1:
+        raise FormatError(f"tensor {entry['name']!r}: a bool tensor holds a byte other than 0 or 1")
     return data.view(dt).reshape(shape)
 
 
@@ -96,8 +117,16 @@ def encode_permuted(arr: np.ndarray, rule: Rule, dtype: str, name: str, codec: s
 
 
 def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> np.ndarray:
-    v = initial_rows(entry) if values is None else values
     module = codecs.get(entry["codec"]["name"])
+    check = getattr(module, "check_payload", None)  # optional: reject a payload before generating values
+    try:
+        if check is not None:
+            check(entry["codec"], payload, *_perm.as_rows(entry["shape"]))
+    except PermcodecError:
+        raise
+    except Exception as e:
+        raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} rejects the payload: {e!r}") from None
+    v = initial_rows(entry) if values is None else values
     try:
         p = module.decode(entry["codec"], payload, v)
     except PermcodecError:

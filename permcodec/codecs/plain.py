@@ -26,12 +26,17 @@ def encode(perm: np.ndarray, values=None, **options):
     return {"name": NAME}, np.packbits(bits.ravel(), bitorder="little").tobytes()
 
 
+def check_payload(params: dict, payload, rows: int, n: int) -> None:
+    """Reject a payload of the wrong length before the initial values are generated."""
+    need = (rows * n * width(n) + 7) // 8
+    if len(payload) != need:
+        raise FormatError(f"plain payload is {len(payload)} bytes, {need} expected for {rows}x{n}")
+
+
 def decode(params: dict, payload, values) -> np.ndarray:
     rows, n = values.shape
     w = width(n)
-    need = (rows * n * w + 7) // 8
-    if len(payload) != need:
-        raise FormatError(f"plain payload is {len(payload)} bytes, {need} expected for {rows}x{n}")
+    check_payload(params, payload, rows, n)
     bits = np.unpackbits(np.frombuffer(payload, np.uint8), bitorder="little")[: rows * n * w]
     weights = np.left_shift(np.int64(1), np.arange(w, dtype=np.int64))
     perm = (bits.reshape(rows * n, w).astype(np.int64) @ weights).reshape(rows, n)
