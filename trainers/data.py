@@ -117,8 +117,11 @@ def _find(folder: Path, stem: str) -> Path | None:
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (MNIST's format) as a uint8 array, with its header checked."""
-    with _open(path) as f:
-        raw = f.read()
+    try:
+        with _open(path) as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path} cannot be read ({e}); download it again") from None
     if len(raw) < 4 or raw[0] or raw[1] or raw[2] != 0x08:
         raise DataError(f"{path} is not an uint8 IDX file (bad magic {raw[:4].hex()})")
     ndim = raw[3]
