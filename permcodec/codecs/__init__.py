@@ -14,9 +14,9 @@ values only) and change the bits; options that only change speed do not appear i
 from __future__ import annotations
 
 from ..errors import FormatError, PermcodecError
-from . import plain
+from . import packed, plain
 
-REGISTRY = {plain.NAME: plain}
+REGISTRY = {plain.NAME: plain, packed.NAME: packed}
 
 
 def register(module) -> None:
