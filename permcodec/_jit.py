@@ -97,7 +97,9 @@ if _nb is not None:
         odd = k * 2 + 1
         if dist == 0:
             return scale * (np.float64(odd - (1 << 53)) * _v.TWO_M53)
-        return scale * _ppnd16(np.float64(odd) * _v.TWO_M54)
+        s = odd - (1 << 53)
+        z = _ppnd16(np.float64((1 << 53) - abs(s)) * _v.TWO_M54)
+        return scale * (-z if s > 0 else z)
 
     @_nb.njit(cache=True, parallel=True)
     def _values(seed, stream, start, count, dist, scale, prune, out):

@@ -12,7 +12,9 @@ prunes, one word ``m``: word ``j & 3`` of block ``j >> 2`` of the mask domain (p
 
 * ``k = (a >> 5) * 2**26 + (b >> 6)`` is a 53-bit integer;
 * uniform: ``t = (2k + 1 - 2**53) * 2**-53`` (exact, in (-1, 1)), value ``scale * t``;
-* normal: ``p = (2k + 1) * 2**-54`` (exact, in (0, 1)), value ``scale * ppnd16(p)``;
+* normal: ``s = 2k + 1 - 2**53`` (odd, nonzero), ``p = (2**53 - |s|) * 2**-54`` (exact, in (0, 1/2)),
+  ``z = ppnd16(p)``, value ``scale * z`` if ``s < 0`` else ``scale * -z`` (the upper half by symmetry,
+  so that p is never rounded and never reaches 1);
 * constant: value ``scale``;
 * pruned (``m < prune``): value ``+0.0``.
 """
@@ -93,7 +95,9 @@ def from_words(a: np.ndarray, b: np.ndarray, m, dist: str, scale: float, prune: 
     if dist == "uniform":
         x = scale * ((odd - (1 << 53)).astype(np.float64) * TWO_M53)
     elif dist == "normal":
-        x = scale * ppnd16(odd.astype(np.float64) * TWO_M54)
+        s = odd - (1 << 53)
+        z = ppnd16(((1 << 53) - np.abs(s)).astype(np.float64) * TWO_M54)
+        x = scale * np.where(s > 0, -z, z)
     elif dist == "constant":
         x = np.full(len(a), float(scale))
     else:
