@@ -46,10 +46,10 @@ def encode_raw(arr: np.ndarray, level: int = 3) -> tuple[str, bytes]:
     return best
 
 
-def _frame_size(payload) -> int:
-    """Bytes taken by the zstd frame at the start of ``payload``, from its block headers alone
-    (zstd's format document, §Blocks): a section must be exactly one frame."""
-    pos = zstandard.frame_header_size(payload)
+def _frame_size(payload) -> tuple[int, int]:
+    """(bytes taken, most bytes it can produce) of the zstd frame at the start of ``payload``, from
+    its block headers alone (zstd's format document, §Blocks), before anything is allocated."""
+    pos, most = zstandard.frame_header_size(payload), 0
     while True:
         if pos + 3 > len(payload):
             raise zstandard.ZstdError("frame ends inside a block header")
@@ -58,8 +58,9 @@ def _frame_size(payload) -> int:
         if kind == 3:
             raise zstandard.ZstdError("reserved block type")
         pos += 3 + (1 if kind == 1 else size)
+        most += zstandard.BLOCKSIZE_MAX if kind == 2 else size  # raw and RLE blocks state their size
         if head & 1:
-            return pos + 4 * zstandard.get_frame_parameters(payload).has_checksum
+            return pos + 4 * zstandard.get_frame_parameters(payload).has_checksum, most
 
 
 def decode_raw(entry: dict, payload) -> np.ndarray:
@@ -72,14 +73,14 @@ def decode_raw(entry: dict, payload) -> np.ndarray:
     else:
         try:
             declared = zstandard.frame_content_size(payload)
-            used = _frame_size(payload)
+            used, most = _frame_size(payload)
         except zstandard.ZstdError as e:
             raise FormatError(f"tensor {entry['name']!r}: bad zstd frame: {e}") from None
         if used != len(payload):
             raise FormatError(f"tensor {entry['name']!r}: section holds {len(payload)} bytes, its zstd frame {used}")
-        if declared != nbytes:
-            raise FormatError(f"tensor {entry['name']!r}: zstd frame declares {declared} bytes, "
-                              f"shape and dtype need {nbytes}")
+        if declared != nbytes or nbytes > most:
+            raise FormatError(f"tensor {entry['name']!r}: zstd frame declares {declared} bytes and can produce at "
+                              f"most {most}, shape and dtype need {nbytes}")
         try:
             data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=nbytes)
         except zstandard.ZstdError as e:
