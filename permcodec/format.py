@@ -254,6 +254,8 @@ def validate_header(h) -> dict:
                 _fail(f"alias {name!r} points at {t.get('target')!r}, which is not a stored tensor")
             if target["shape"] != t["shape"] or target["dtype"] != t["dtype"]:
                 _fail(f"alias {name!r} does not match the shape and dtype of {t['target']!r}")
+            if target["digest"] != t["digest"]:
+                _fail(f"alias {name!r} records a digest different from its target {t['target']!r}")
     if len(used) != len(sections):
         _fail(f"{len(sections) - len(used)} section(s) belong to no tensor")
     return h

@@ -31,6 +31,9 @@ def check_payload(params: dict, payload, rows: int, n: int) -> None:
     need = (rows * n * width(n) + 7) // 8
     if len(payload) != need:
         raise FormatError(f"plain payload is {len(payload)} bytes, {need} expected for {rows}x{n}")
+    spare = -(rows * n * width(n)) % 8
+    if spare and payload[-1] >> (8 - spare):
+        raise FormatError(f"plain payload: the {spare} unused high bits of the last byte are not zero")
 
 
 def decode(params: dict, payload, values) -> np.ndarray:
