@@ -25,6 +25,7 @@ from . import models
 from .train import Config
 
 #: The paper's settings (Table 1, §5, appendix A.5). Keras' l2(a) is Adam weight_decay 2a here.
+#: Each recipe replaces the main job's learning-rate steps (``lr_steps``) unless it sets its own.
 RECIPES = {
     "mlp": {},
     "conv7": dict(model="conv7", data="mnist", augment=True, epochs=45, batch=50, k=20,
@@ -100,7 +101,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def config_from(args) -> Config:
     fields = {f.name for f in dataclasses.fields(Config)}
-    values = dict(RECIPES[args.recipe]) if args.recipe else {}
+    values = {"lr_steps": {}, **RECIPES[args.recipe]} if args.recipe not in (None, "mlp") else {}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     if args.resume and "out" not in values:
         values["out"] = os.path.dirname(args.resume) or "."
