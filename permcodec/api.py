@@ -110,53 +110,37 @@ def _atomic_write(path, write) -> int:
             os.close(dfd)
     except OSError:
         pass
+    from .shards import remove_stale_temps
+    remove_stale_temps(folder)  # left by saves killed long ago; never read
     return size
 
 
 def save(obj, path, *, rules: dict | None = None, codec: str = "auto", fast: bool = False,
-         metadata: dict | None = None, zstd_level: int = 3, on_mismatch: str = "raise") -> int:
+         metadata: dict | None = None, zstd_level: int = 3, on_mismatch: str = "raise",
+         max_shard_size=None) -> int:
     """Write ``obj`` (a model or a state dict) to ``path`` atomically; returns the file size.
 
     Tensors with a rule (recorded on the model by permcodec.init, or passed as ``rules``) are
     stored as permutations of their seeded initial values; everything else raw and compressed.
     ``codec``: "auto" (smallest), or a codec name; ``fast=True`` picks the fixed-layout codec.
     ``on_mismatch``: "raise" (default) or "raw" to store a non-rearranged tensor raw.
+    ``max_shard_size`` (bytes, or "2GB"): split into shards + ``path.index.json`` (see shards.py).
+    One tensor's encoding at a time is held in memory.
     """
-    tensors, aliases, found = _collect(obj)
-    rules = {canonical_name(k): (Rule.from_dict(v) if isinstance(v, dict) else v)
-             for k, v in {**found, **(rules or {})}.items()}
-    unknown = sorted(set(rules) - set(tensors) - set(aliases))
-    if unknown:
-        raise RuleError(f"rules name tensors that are not in the model: {', '.join(unknown[:5])}")
-    if on_mismatch not in ("raise", "raw"):
-        raise PermcodecError(f"on_mismatch must be 'raise' or 'raw', not {on_mismatch!r}")
-    if fast:
-        codec = "packed"
-    meta = _check_metadata(metadata or {})
+    if max_shard_size is not None:
+        from . import shards
+        return shards.save(obj, path, max_shard_size, rules=rules, codec=codec, fast=fast, metadata=metadata,
+                           zstd_level=zstd_level, on_mismatch=on_mismatch)
+    tensors, aliases, rules, codec, meta = _prepare(obj, rules, codec, fast, metadata, on_mismatch)
 
     def write(f):
         w = fmt.Writer(f)
         entries = []
         for name, t in tensors.items():
-            arr, dt = to_numpy(t)
-            entry = {"name": name, "shape": list(arr.shape), "dtype": dt, "digest": T.digest(arr)}
-            rule = rules.get(name)
-            if rule is not None and dt in dtypes.PERMUTABLE and arr.ndim >= 1 and arr.size:
-                try:
-                    params, payload = T.encode_permuted(arr, rule, dt, name, codec)
-                    entry.update(kind="permuted", layout="rows", init=rule.to_dict(), codec=params,
-                                 section=w.add_section(payload))
-                    entries.append(entry)
-                    continue
-                except PermcodecError:
-                    if on_mismatch == "raise":
-                        raise
-            elif rule is not None and on_mismatch == "raise":
-                raise RuleError(f"{name!r} has a rule but is a {dt} tensor of shape {list(arr.shape)}: "
-                                f"only non-empty float tensors can be stored as permutations")
-            enc, payload = T.encode_raw(arr, zstd_level)
-            entry.update(kind="raw", encoding=enc, section=w.add_section(payload))
+            entry, payload = _encode_tensor(name, t, rules.get(name), codec, on_mismatch, zstd_level)
+            entry["section"] = w.add_section(payload)
             entries.append(entry)
+            del payload
         for name, target in aliases.items():
             t = next(e for e in entries if e["name"] == target)
             entries.append({"name": name, "shape": t["shape"], "dtype": t["dtype"], "kind": "alias",
@@ -165,6 +149,39 @@ def save(obj, path, *, rules: dict | None = None, codec: str = "auto", fast: boo
                          "metadata": meta, "tensors": entries})
 
     return _atomic_write(path, write)
+
+
+def _prepare(obj, rules, codec, fast, metadata, on_mismatch):
+    """(tensors, aliases, rules by canonical name, codec, metadata) for save, arguments checked."""
+    tensors, aliases, found = _collect(obj)
+    rules = {canonical_name(k): (Rule.from_dict(v) if isinstance(v, dict) else v)
+             for k, v in {**found, **(rules or {})}.items()}
+    unknown = sorted(set(rules) - set(tensors) - set(aliases))
+    if unknown:
+        raise RuleError(f"rules name tensors that are not in the model: {', '.join(unknown[:5])}")
+    if on_mismatch not in ("raise", "raw"):
+        raise PermcodecError(f"on_mismatch must be 'raise' or 'raw', not {on_mismatch!r}")
+    return tensors, aliases, rules, "packed" if fast else codec, _check_metadata(metadata or {})
+
+
+def _encode_tensor(name, t, rule, codec, on_mismatch, zstd_level) -> tuple[dict, bytes]:
+    """(header entry without its section, payload) of one tensor."""
+    arr, dt = to_numpy(t)
+    entry = {"name": name, "shape": list(arr.shape), "dtype": dt, "digest": T.digest(arr)}
+    if rule is not None and dt in dtypes.PERMUTABLE and arr.ndim >= 1 and arr.size:
+        try:
+            params, payload = T.encode_permuted(arr, rule, dt, name, codec)
+            entry.update(kind="permuted", layout="rows", init=rule.to_dict(), codec=params)
+            return entry, payload
+        except PermcodecError:
+            if on_mismatch == "raise":
+                raise
+    elif rule is not None and on_mismatch == "raise":
+        raise RuleError(f"{name!r} has a rule but is a {dt} tensor of shape {list(arr.shape)}: "
+                        f"only non-empty float tensors can be stored as permutations")
+    enc, payload = T.encode_raw(arr, zstd_level)
+    entry.update(kind="raw", encoding=enc)
+    return entry, payload
 
 
 def export(state_dict, rules, path, **kw) -> int:
@@ -260,12 +277,17 @@ class File:
         self.close()
 
 
-def open_file(path) -> File:
-    return File(path)
+def open_file(path):
+    """A File, or a shards.ShardedFile when ``path`` is a shard index (or a model saved in shards)."""
+    from . import shards
+    return shards.ShardedFile(path) if shards.is_index(path) else File(path)
 
 
 def read_header(path) -> dict:
     """The validated header (tensors, metadata, codecs, sections) without decoding any payload."""
+    from . import shards
+    if shards.is_index(path):
+        return shards.read_header(path)
     with File(path) as f:
         h = dict(f.header)
         h["version"] = [f.container.major, f.container.minor]
@@ -275,7 +297,7 @@ def read_header(path) -> dict:
 def load(path, device="cpu", *, check_digests: bool = False) -> dict[str, torch.Tensor]:
     """Every tensor of ``path``, bit for bit, on ``device``; tied names share one tensor."""
     out = {}
-    with File(path) as f:
+    with open_file(path) as f:
         for name, e in f.entries.items():
             if e["kind"] != "alias":
                 out[name] = f.get_tensor(name, device, check_digests)
@@ -329,8 +351,8 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 def verify(path, model=None) -> Report:
     """Decode every tensor and check each against its recorded SHA-256 digest; with ``model``
     (a module or state dict), also check each of its tensors is bit-equal to the file's."""
-    rep = Report(path=os.fspath(path), file_bytes=os.path.getsize(path))
-    with File(path) as f:
+    with open_file(path) as f:
+        rep = Report(path=os.fspath(path), file_bytes=getattr(f, "file_bytes", None) or os.path.getsize(path))
         decoded = {}
         for name, e in f.entries.items():
             arr = f.get_numpy(name, check_digest=True)

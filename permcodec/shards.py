@@ -1,0 +1,336 @@
+"""Files on disk for large models: shards + an index, and the temporary files a save leaves.
+
+Sharding follows the convention model hubs use for safetensors::
+
+    permcodec.save(model, "model.perm", max_shard_size="2GB")
+    # model-00001-of-00003.perm ... model-00003-of-00003.perm, and model.perm.index.json:
+    # {"metadata": {"total_size": ..., "permcodec": {...}}, "weight_map": {tensor name: shard file}}
+    state = permcodec.load("model.perm.index.json")      # or load("model.perm"): the index is found
+    with permcodec.open("model.perm.index.json") as f:   # one shard is mapped, the others not read
+        w = f.get_tensor("fc1.weight")
+
+Each shard is an ordinary permcodec file. The save streams: one tensor is encoded at a time and
+its section written before the next is encoded, and a shard is closed when the next encoding would
+push it over ``max_shard_size`` (a shard exceeds it only when one tensor's encoding alone does).
+Shards are written to temporary files, renamed once all are complete, and the index is written
+last, atomically. The index records each shard's size and trailer digest (which covers its header
+and so every section's SHA-256); a reader refuses a shard that does not match, so an interrupted
+save over an older sharded save of the same shard count cannot mix shards silently.
+
+A save killed mid-way leaves ``.permcodec-*.tmp`` files beside the target; permcodec never reads
+them, and a later successful save into the same folder removes those older than STALE_SECONDS.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+
+import msgpack
+
+from . import format as fmt
+from .errors import FormatError, IntegrityError, PermcodecError
+
+INDEX_SUFFIX = ".index.json"
+TEMP_PREFIX, TEMP_SUFFIX = ".permcodec-", ".tmp"
+STALE_SECONDS = 3600
+UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(size) -> int:
+    """Bytes in ``size``: an int, or a string like "2GB" (10^9) or "500MiB" (2^20), as the hubs write it."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(size), re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise PermcodecError(f"max_shard_size must be a positive number of bytes or a string like '2GB' or "
+                             f"'500MiB', not {size!r}")
+    return int(float(m.group(1)) * UNITS[(m.group(2) or "").upper()])
+
+
+def shard_names(path, count: int) -> list[str]:
+    """``model.perm`` -> model-00001-of-00003.perm ...: file names beside ``path``."""
+    stem, ext = os.path.splitext(os.path.basename(os.fspath(path)))
+    return [f"{stem}-{i:05d}-of-{count:05d}{ext}" for i in range(1, count + 1)]
+
+
+def index_path(path) -> str:
+    """The index file of a model saved to ``path`` (which may already be the index)."""
+    path = os.fspath(path)
+    return path if path.endswith(INDEX_SUFFIX) else path + INDEX_SUFFIX
+
+
+def is_index(path) -> bool:
+    """Whether ``path`` names a shard index: an ``*.index.json``, or a missing file whose index exists."""
+    path = os.fspath(path)
+    return path.endswith(INDEX_SUFFIX) or (not os.path.exists(path) and os.path.exists(path + INDEX_SUFFIX))
+
+
+# ---- temporary files ------------------------------------------------------------------------
+def temp_file(folder: str):
+    """(fd, path) of a new temporary file in ``folder``, named so that cleanup can find it."""
+    return tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
+
+
+def remove_stale_temps(folder: str, older_than: float = STALE_SECONDS) -> list[str]:
+    """Remove ``.permcodec-*.tmp`` files in ``folder`` last written more than ``older_than``
+    seconds ago (left by killed saves); returns their names. Files in use are newer."""
+    removed, now = [], time.time()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+            p = os.path.join(folder, name)
+            try:
+                if now - os.stat(p).st_mtime > older_than:
+                    os.unlink(p)
+                    removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+def _fsync_close(f) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+# ---- saving -------------------------------------------------------------------------------------
+class _Shard:
+    """One shard being written to a temporary file."""
+
+    def __init__(self, folder: str):
+        fd, self.tmp = temp_file(folder)
+        self.f = os.fdopen(fd, "wb")
+        self.w = fmt.Writer(self.f)
+        self.entries, self.header_bytes = [], 256
+
+    def fits(self, payload_len: int, entry: dict, limit: int) -> bool:
+        need = self.w.pos + fmt.ALIGN + payload_len + self.header_bytes + len(msgpack.packb(entry)) + 128
+        return not self.entries or need + fmt.TRAILER.size <= limit
+
+    def add(self, entry: dict, payload) -> None:
+        entry["section"] = self.w.add_section(payload)
+        self.entries.append(entry)
+        self.header_bytes += len(msgpack.packb(entry)) + 64
+
+    def finish(self, header: dict) -> tuple[int, bytes]:
+        size = self.w.finish(dict(header, tensors=self.entries))
+        _fsync_close(self.f)
+        with open(self.tmp, "rb") as fh:
+            fh.seek(size - fmt.TRAILER.size)
+            digest = fmt.TRAILER.unpack(fh.read(fmt.TRAILER.size))[2]
+        return size, digest
+
+
+def save(obj, path, max_shard_size, *, rules=None, codec="auto", fast=False, metadata=None, zstd_level=3,
+         on_mismatch="raise") -> int:
+    """Save ``obj`` to ``path`` in shards of at most ``max_shard_size`` bytes (arguments as
+    permcodec.save); returns the bytes written. If everything fits in one shard, it is written
+    to ``path`` itself, as an unsharded save would, and no index is written."""
+    from . import api
+    limit = parse_size(max_shard_size)
+    tensors, aliases, rules, codec, meta = api._prepare(obj, rules, codec, fast, metadata, on_mismatch)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    header = {"format": "permcodec", "created_by": f"permcodec {api.__version__}", "metadata": meta}
+    by_target: dict[str, list[str]] = {}
+    for name, target in aliases.items():
+        by_target.setdefault(target, []).append(name)
+    shards, done, total_size = [], [], 0
+    try:
+        for name, t in tensors.items():
+            entry, payload = api._encode_tensor(name, t, rules.get(name), codec, on_mismatch, zstd_level)
+            total_size += _nbytes(entry)
+            if not shards or not shards[-1].fits(len(payload), entry, limit):
+                if shards:
+                    done.append(_close(shards[-1], header, by_target))
+                shards.append(_Shard(folder))
+            shards[-1].add(entry, payload)
+            del payload
+        if not shards:
+            shards.append(_Shard(folder))
+        done.append(_close(shards[-1], header, by_target))
+        if len(shards) == 1:
+            os.replace(shards[0].tmp, path)
+            _fsync_dir(folder)
+            remove_stale_temps(folder)
+            return done[0][0]
+        names = shard_names(path, len(shards))
+        index = {"metadata": {"total_size": total_size,
+                              "permcodec": {"format_version": f"{fmt.MAJOR}.{fmt.MINOR}", "shards": {
+                                  n: {"bytes": size, "trailer_sha256": digest.hex()}
+                                  for n, (size, digest) in zip(names, done)}}},
+                 "weight_map": {e["name"]: n for n, s in zip(names, shards) for e in s.entries}}
+        for n, s in zip(names, shards):
+            os.replace(s.tmp, os.path.join(folder, n))
+        _fsync_dir(folder)
+        body = json.dumps(index, indent=2, sort_keys=True).encode() + b"\n"
+        api._atomic_write(index_path(path), lambda f: f.write(body))
+        remove_stale_temps(folder)
+        return sum(size for size, _ in done) + len(body)
+    except BaseException:
+        for s in shards:
+            try:
+                s.f.close()
+                os.unlink(s.tmp)
+            except OSError:
+                pass
+        raise
+
+
+def _nbytes(entry: dict) -> int:
+    from math import prod
+    return prod(entry["shape"]) * fmt.dtypes.itemsize(entry["dtype"])
+
+
+def _close(shard: _Shard, header: dict, by_target: dict) -> tuple[int, bytes]:
+    for e in list(shard.entries):
+        for alias in by_target.get(e["name"], ()):
+            shard.entries.append({"name": alias, "shape": e["shape"], "dtype": e["dtype"], "kind": "alias",
+                                  "target": e["name"], "digest": e["digest"]})
+    return shard.finish(header)
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def read_index(path) -> dict:
+    """The validated index: weight_map names plain file names beside it, and each shard is listed."""
+    path = index_path(path)
+    try:
+        with open(path, "rb") as fh:
+            index = json.loads(fh.read(fmt.MAX_HEADER + 1))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path} is not a valid shard index (JSON): {e}") from None
+    wm = index.get("weight_map") if isinstance(index, dict) else None
+    meta = index.get("metadata", {}) if isinstance(index, dict) else None
+    if not isinstance(wm, dict) or not isinstance(meta, dict):
+        raise FormatError(f"{path}: a shard index is a map with 'weight_map' and 'metadata'")
+    for name, shard in wm.items():
+        if not isinstance(shard, str) or os.path.basename(shard) != shard or shard in ("", ".", ".."):
+            raise FormatError(f"{path}: tensor {name!r} maps to {shard!r}, which is not a file name beside the index")
+    listed = (meta.get("permcodec") or {}).get("shards") if isinstance(meta.get("permcodec"), dict) else None
+    if listed is not None and (not isinstance(listed, dict) or set(wm.values()) - set(listed)):
+        raise FormatError(f"{path}: 'metadata.permcodec.shards' does not list every shard of the weight map")
+    return index
+
+
+class ShardedFile:
+    """A sharded model opened for lazy reading: a shard is mapped when one of its tensors is asked
+    for, and checked against the index. Same reading methods as :class:`permcodec.File`."""
+
+    def __init__(self, path):
+        from . import api
+        self._api = api
+        self.path = index_path(path)
+        self.folder = os.path.dirname(os.path.abspath(self.path))
+        self.index = read_index(self.path)
+        self.weight_map = self.index["weight_map"]
+        self.shards = sorted(set(self.weight_map.values()))
+        listed = (self.index["metadata"].get("permcodec") or {}).get("shards") or {}
+        self._listed = listed
+        self._files: dict = {}
+        self._entries = None
+        self._lock = threading.Lock()
+
+    def shard(self, file_name: str):
+        """The opened shard ``file_name`` (a permcodec.File), checked against the index."""
+        with self._lock:
+            f = self._files.get(file_name)
+            if f is None:
+                try:
+                    f = self._api.File(os.path.join(self.folder, file_name))
+                except FileNotFoundError:
+                    raise FormatError(f"shard {file_name} named by {self.path} is missing") from None
+                try:
+                    self._check(file_name, f)
+                except BaseException:
+                    f.close()
+                    raise
+                self._files[file_name] = f
+            return f
+
+    def _check(self, file_name: str, f) -> None:
+        want = self._listed.get(file_name)
+        buf = f.container.buf
+        digest = fmt.TRAILER.unpack_from(buf, len(buf) - fmt.TRAILER.size)[2]
+        if want is not None and (want.get("bytes") != len(buf) or want.get("trailer_sha256") != digest.hex()):
+            raise IntegrityError(f"shard {file_name} does not match {self.path} (a save was interrupted or a shard "
+                                 f"was replaced): save the model again")
+        mapped = {n for n, s in self.weight_map.items() if s == file_name}
+        if set(f.entries) != mapped:
+            raise IntegrityError(f"shard {file_name} holds {sorted(set(f.entries) ^ mapped)[:5]} differently from "
+                                 f"the weight map of {self.path}")
+
+    @property
+    def entries(self) -> dict:
+        if self._entries is None:
+            self._entries = {n: e for s in self.shards for n, e in self.shard(s).entries.items()}
+        return self._entries
+
+    @property
+    def metadata(self) -> dict:
+        return self.shard(self.shards[0]).metadata if self.shards else {}
+
+    @property
+    def file_bytes(self) -> int:
+        return sum(os.path.getsize(os.path.join(self.folder, s)) for s in self.shards) + os.path.getsize(self.path)
+
+    def keys(self):
+        return list(self.weight_map)
+
+    def __contains__(self, name):
+        return name in self.weight_map
+
+    def _file_of(self, name):
+        try:
+            return self.shard(self.weight_map[name])
+        except KeyError:
+            raise PermcodecError(f"no tensor {name!r} in {self.path}") from None
+
+    def entry(self, name) -> dict:
+        return self._file_of(name).entry(name)
+
+    def get_numpy(self, name, check_digest: bool = False):
+        return self._file_of(name).get_numpy(name, check_digest)
+
+    def get_tensor(self, name, device="cpu", check_digest: bool = False):
+        return self._file_of(name).get_tensor(name, device, check_digest)
+
+    def close(self):
+        with self._lock:
+            files, self._files = self._files, {}
+        for f in files.values():
+            f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_header(path) -> dict:
+    """All shards' headers as one: tensors (each with its ``shard``), metadata, and the index."""
+    with ShardedFile(path) as f:
+        tensors = [dict(e, shard=f.weight_map[n]) for n, e in f.entries.items()]
+        first = f.shard(f.shards[0]).container if f.shards else None
+        return {"tensors": tensors, "metadata": f.metadata, "index": f.index,
+                "version": [first.major, first.minor] if first else [fmt.MAJOR, fmt.MINOR]}
