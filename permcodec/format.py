@@ -21,7 +21,7 @@ import struct
 import msgpack
 
 from . import dtypes
-from .errors import FormatError, IntegrityError, VersionError
+from .errors import FormatError, IntegrityError, RuleError, VersionError
 
 MAGIC = b"\x89PERM\r\n\x1a"
 END_MAGIC = b"PERMEND\x00"
@@ -241,7 +241,10 @@ def validate_header(h) -> dict:
         else:
             if dt not in dtypes.PERMUTABLE or len(shape) == 0 or math.prod(shape) == 0:
                 _fail(f"tensor {name!r}: a permuted tensor must be a non-empty float tensor, not {dt} {shape}")
-            Rule.from_dict(t.get("init"))
+            try:
+                Rule.from_dict(t.get("init"))
+            except RuleError as e:
+                _fail(f"tensor {name!r}: bad init rule: {e}")
             codec = t.get("codec")
             if not isinstance(codec, dict) or not isinstance(codec.get("name"), str):
                 _fail(f"tensor {name!r}: codec must be a map with a 'name'")
