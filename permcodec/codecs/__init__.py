@@ -14,9 +14,9 @@ values only) and change the bits; options that only change speed do not appear i
 from __future__ import annotations
 
 from ..errors import FormatError, PermcodecError
-from . import packed, plain, uniform
+from . import model, packed, plain, uniform
 
-REGISTRY = {plain.NAME: plain, packed.NAME: packed, uniform.NAME: uniform}
+REGISTRY = {plain.NAME: plain, packed.NAME: packed, uniform.NAME: uniform, model.NAME: model}
 
 
 def register(module) -> None:
