@@ -377,6 +377,12 @@ def encode(perm: np.ndarray, values: np.ndarray, lanes=None, segment_rows=None, 
     return params, _rans.frame([out[g, : sizes[g]] for g in range(nseg)])
 
 
+def check_payload(params: dict, payload, rows: int, n: int) -> None:
+    """Reject bad params or framing before the initial values are generated."""
+    lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
+    _rans.unframe(payload, _nseg(rows, n, seg), lanes)
+
+
 def decode(params: dict, payload, values: np.ndarray) -> np.ndarray:
     rows, n = values.shape
     lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
