@@ -80,6 +80,12 @@ class Rule:
     def from_dict(cls, d) -> "Rule":
         if not isinstance(d, dict):
             raise RuleError(f"a rule must be a map, got {type(d).__name__}")
+        unknown = set(d) - {"dist", "scale", "seed", "stream", "prune", "label"}
+        if unknown:  # every rule field changes the values, so one this reader does not know cannot be skipped
+            raise RuleError(f"rule has fields this permcodec does not know: {sorted(map(str, unknown))} "
+                            f"(upgrade permcodec to read this file)")
+        if not isinstance(d.get("label", ""), str):
+            raise RuleError(f"rule label must be a string, got {d['label']!r}")
         try:
             return cls(dist=d["dist"], scale=d["scale"], seed=d["seed"], stream=d["stream"],
                        prune=d.get("prune", 0), label=d.get("label", ""))

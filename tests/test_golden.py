@@ -294,6 +294,8 @@ MUST_REJECT = {
     "init-stream-2^62": _big_rule("stream", 2**62),
     "init-prune-2^32+1": _big_rule("prune", 2**32 + 1),
     "init-prune-negative": _big_rule("prune", -1),
+    "init-unknown-key": _big_rule("offset", 0.5),
+    "init-label-not-str": _big_rule("label", 3),
     # 14: aliases
     "alias-target-missing": edit(lambda h: _alias(h).__setitem__("target", "nope")),
     "alias-target-not-str": edit(lambda h: _alias(h).__setitem__("target", 0)),
@@ -319,6 +321,7 @@ MUST_REJECT = {
     "bool-byte-2": payloads(lambda h, s: s.__setitem__(3, b"\x01\x02\x00\x01")),
     # 19: codecs
     "codec-unknown": edit(lambda h: _t(h, "w").__setitem__("codec", {"name": "zip"})),
+    "plain-unknown-param": edit(lambda h: _t(h, "w")["codec"].__setitem__("width", 2)),
     "plain-wrong-length": payloads(lambda h, s: s.__setitem__(0, s[0] + b"\x00")),
     "plain-spare-bits": payloads(lambda h, s: s.__setitem__(0, bytes([s[0][0] | 0x80]))),
     "plain-repeated-index": payloads(lambda h, s: s.__setitem__(0, bytes([0b000101]))),
@@ -356,11 +359,11 @@ def test_unknown_major_names_the_version_needed():
 
 
 def test_unknown_minor_and_unknown_optional_keys_are_accepted():
+    """Unknown keys are ignored everywhere except in the init and codec maps, whose every key changes
+    the decoded bits (SPEC.md §3)."""
     h, secs = _base()
     h["future_key"] = {"anything": [1, 2.5, b"x"]}
     _t(h, "w")["future_tensor_key"] = "ignored"
-    _t(h, "w")["init"]["future_rule_key"] = 3
-    _t(h, "w")["codec"]["future_codec_key"] = True
     _t(h, "a")["section"] = 99  # ignored on an alias
     buf = bytearray(fmt.pack(h, secs))
     buf[10:12] = struct.pack("<H", 7)  # minor 7

@@ -28,6 +28,8 @@ def encode(perm: np.ndarray, values=None, **options):
 
 def check_payload(params: dict, payload, rows: int, n: int) -> None:
     """Reject a payload of the wrong length before the initial values are generated."""
+    if set(params) != {"name"}:
+        raise FormatError(f"plain takes no parameters, got {sorted(map(str, set(params) - {'name'}))}")
     need = (rows * n * width(n) + 7) // 8
     if len(payload) != need:
         raise FormatError(f"plain payload is {len(payload)} bytes, {need} expected for {rows}x{n}")
