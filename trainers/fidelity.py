@@ -1,6 +1,6 @@
 """Reproduce the README's fidelity and sync-cost tables on this machine.
 
-    python -m trainers.fidelity                 # every row, seeds 0 1 2 (about 15 min on 2 cores)
+    python -m trainers.fidelity                 # every row, seeds 0 1 2 (about 4 min on 2 cores)
     python -m trainers.fidelity --rows adam,laperm --seeds 0
     python -m trainers.fidelity --sync-cost     # sync time vs step time per model, k = 200
 
@@ -111,7 +111,9 @@ def main(argv=None) -> int:
     p.add_argument("--sync-cost", action="store_true", help="measure the sync cost instead")
     p.add_argument("--models", default="mlp,f2,conv7,conv4,resnet20,resnet50")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a busy box)")
     a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
     if a.sync_cost:
         res = sync_cost(a.models.split(","))
     else:
