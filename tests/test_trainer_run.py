@@ -108,3 +108,21 @@ def test_ranking_distance_matches_definition():
     got = rd.update()["w"]
     assert got["mean"] == pytest.approx(float(d.mean())) and got["n"] == 9
     assert got["sd"] == pytest.approx(float(((d - d.mean()) ** 2).mean().sqrt()))
+
+
+def test_cli_flags_and_recipes_make_the_config():
+    parse = lambda *a: cli.config_from(cli.train_parser().parse_args(list(a)))  # noqa: E731
+    main_job = parse()
+    assert (main_job.model, main_job.k, main_job.epochs, main_job.out) == ("mlp", 20, 30, "runs/mlp")
+    f1 = parse("--recipe", "f1", "--data", "embedded", "--k-schedule", "0:20,100:250")
+    assert (f1.shared_value, f1.prune, f1.input_prune_cap, f1.lr_steps) == (0.08, 0.4, 1.0, {})
+    assert f1.k_schedule == [[0, 20], [100, 250]] and f1.data == "embedded"
+    assert parse("--prune", "1.weight=0.5,3.weight:0.25").prune == {"1.weight": 0.5, "3.weight": 0.25}
+    assert parse("--resume", "x/checkpoint.pt").out == "x"
+
+
+@pytest.mark.parametrize("name", ["laperm", "instruments", "train"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+    assert doctest.testmod(importlib.import_module(f"trainers.{name}")).failed == 0
