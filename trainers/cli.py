@@ -96,6 +96,7 @@ def train_parser() -> argparse.ArgumentParser:
     a("--progress", action=argparse.BooleanOptionalAction, default=None)
     a("--nproc", type=int, default=1, help="local data-parallel processes (gloo), like torchrun")
     a("--threads", type=int, help="torch threads per process")
+    a("--device", help="cpu (default) or cuda")
     return p
 
 
@@ -121,7 +122,7 @@ def main_train(argv) -> int:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:  # under torchrun
         import torch.distributed as dist
-        dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
     try:
         result = train_mod.train(cfg, resume=args.resume, epochs=args.epochs)
     finally:

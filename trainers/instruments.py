@@ -27,7 +27,7 @@ def ranks(t: torch.Tensor) -> torch.Tensor:
     """Each row's ranking R (stable: equal values ranked by index), as int64 ``(rows, n)``."""
     rows = rows_of(t.detach())
     order = torch.argsort(rows, dim=1, stable=True)
-    pos = torch.arange(rows.shape[1]).expand_as(order)
+    pos = torch.arange(rows.shape[1], device=rows.device).expand_as(order)
     return torch.empty_like(order).scatter_(1, order, pos)
 
 

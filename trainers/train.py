@@ -69,6 +69,7 @@ class Config:
     seed: int = 0
     rank_every: int | None = None      # ranking distance period in steps (None: k; 0: off)
     out: str | None = "runs/mlp"
+    device: str = "cpu"                # "cuda" trains on the GPU (under DDP: cuda:LOCAL_RANK)
     progress: bool = True
 
 
@@ -110,12 +111,14 @@ def evaluate(model, x, y, *, rank=0, world=1, batch=1000) -> tuple[int, int]:
     was = model.training
     model.eval()
     lo, hi = len(y) * rank // world, len(y) * (rank + 1) // world
-    correct = 0
+    correct, device = 0, next(model.parameters()).device
     for i in range(lo, hi, batch):
         j = min(i + batch, hi)
-        correct += int((model(x[i:j]).argmax(1) == y[i:j]).sum())
+        correct += int((model(x[i:j].to(device)).argmax(1).cpu() == y[i:j]).sum())
     model.train(was)
     counts = torch.tensor([correct, hi - lo], dtype=torch.int64)
+    if world > 1 and dist.get_backend() == "nccl":
+        counts = counts.cuda()
     if world > 1:
         dist.all_reduce(counts)
     return int(counts[0]), int(counts[1])
@@ -124,7 +127,7 @@ def evaluate(model, x, y, *, rank=0, world=1, batch=1000) -> tuple[int, int]:
 def _digest(model) -> int:
     crc = 0
     for t in model.state_dict().values():
-        crc = zlib.crc32(t.detach().contiguous().view(torch.uint8).numpy().tobytes(), crc)
+        crc = zlib.crc32(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes(), crc)
     return crc
 
 
@@ -174,18 +177,26 @@ def train(cfg: Config, *, resume: str | None = None, epochs: int | None = None, 
         out.mkdir(parents=True, exist_ok=True)
     ds = data_mod.load(cfg.data, root=cfg.data_dir, normalize=cfg.normalize,
                        limit_train=cfg.limit_train, limit_test=cfg.limit_test)
-    model = build_model(cfg)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    model = build_model(cfg).to(device)  # seeded init on the CPU, then moved
     opt = build_optimizer(cfg, model)
     laperm = isinstance(opt, LaPerm)
     records = {"config": dataclasses.asdict(cfg), "dataset": ds.identity, "world_size": world,
                "epochs": [], "ranking_distance": [], "replicas": []}
     step, tally = 0, [0.0, 0]  # tally: the epoch's loss sum and step count so far
     if ckpt:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"])  # (onto the model's device)
         opt.load_state_dict(ckpt["optimizer"])
         step, records, tally = ckpt["step"], ckpt["log"], ckpt["tally"]
         say(f"resumed from {resume} at step {step}")
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    net = model
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     every = cfg.k if cfg.rank_every is None else cfg.rank_every
     watched = dict(opt.permuted()) if laperm else {
         n: p for n, p in model.named_parameters() if n in default_permuted(model)}
@@ -218,7 +229,7 @@ def train(cfg: Config, *, resume: str | None = None, epochs: int | None = None, 
                 g = torch.Generator().manual_seed(_seed(cfg.seed, step, rank, 1))
                 x = data_mod.augment(x, ds.augment_kind, g)
             torch.manual_seed(_seed(cfg.seed, step, rank, 2))  # dropout masks
-            loss = F.cross_entropy(net(x), y)
+            loss = F.cross_entropy(net(x.to(device)), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -276,6 +287,7 @@ def finish(cfg, model, path, ds, records, correct, total, say) -> dict:
     fresh = models.build(cfg.model)
     permcodec.load_into(fresh, path)
     permcodec.verify(path, model=fresh)
+    fresh.to(next(model.parameters()).device)  # measure where the trained model was measured
     again, _ = evaluate(fresh, ds.x_test, ds.y_test)
     if again != correct:
         raise RuntimeError(f"{path}: rebuilt model scores {again}/{total}, trained one {correct}")
@@ -290,7 +302,8 @@ def run_distributed(rank: int, world: int, port: int, cfg_dict: dict, resume=Non
     """Entry point of one process of a local multi-process run (see ``--nproc``)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    backend = "nccl" if cfg_dict.get("device", "cpu").startswith("cuda") else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         train(Config(**cfg_dict), resume=resume, epochs=epochs)
     finally:
