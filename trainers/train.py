@@ -31,6 +31,11 @@ from . import models
 from .instruments import RankingDistance
 from .laperm import LaPerm, default_permuted
 
+try:
+    from tqdm import tqdm as _tqdm
+except ImportError:  # progress bars are optional (pip install permcodec[train])
+    _tqdm = None
+
 __all__ = ["Config", "train", "build_model", "evaluate", "save_checkpoint", "load_checkpoint"]
 
 
@@ -219,9 +224,8 @@ def train(cfg: Config, *, resume: str | None = None, epochs: int | None = None, 
             g["lr"] = lr_at(cfg, epoch)
         order = data_mod.batch_order(n, epoch, cfg.seed)
         bar = range(step % spe, spe)
-        if cfg.progress and rank == 0:
-            from tqdm import tqdm
-            bar = tqdm(bar, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="step")
+        if cfg.progress and rank == 0 and _tqdm is not None:
+            bar = _tqdm(bar, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="step")
         for i in bar:
             idx = order[i * cfg.batch + rank * shard: i * cfg.batch + (rank + 1) * shard]
             x, y = ds.x_train[idx], ds.y_train[idx]
