@@ -105,10 +105,12 @@ def _state():
     return state, rules
 
 
-def small_files(codecs=("auto", "plain")) -> dict[str, bytes]:
-    """A few small valid files (each under ~2 KB) covering every kind, encoding and codec."""
+def small_files(codecs=None) -> dict[str, bytes]:
+    """A few small valid files (each under ~3 KB) covering every kind, encoding and codec."""
     import permcodec
+    from permcodec.codecs import REGISTRY
     state, rules = _state()
+    codecs = codecs or ["auto", *sorted(REGISTRY)]
     out = {}
     with tempfile.TemporaryDirectory() as d:
         for codec in codecs:

@@ -134,8 +134,9 @@ def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> n
         raise
     except Exception as e:  # a codec must not crash on hostile bytes; report it as corrupt
         raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} failed on the payload: {e!r}") from None
-    if p.shape != v.shape:
-        raise FormatError(f"tensor {entry['name']!r}: codec returned shape {p.shape}, expected {v.shape}")
+    if not isinstance(p, np.ndarray) or p.shape != v.shape or p.dtype.kind not in "iu":
+        raise FormatError(f"tensor {entry['name']!r}: codec returned {getattr(p, 'shape', p)!r}, expected {v.shape}")
+    _perm.check(p, f"permutation of {entry['name']!r} (codec {module.NAME!r})")  # whatever the codec does
     return _perm.apply(v, p).reshape(entry["shape"])
 
 
