@@ -95,7 +95,8 @@ def train_parser() -> argparse.ArgumentParser:
     a("--resume", help="a checkpoint.pt to continue from (its configuration is used)")
     a("--progress", action=argparse.BooleanOptionalAction, default=None)
     a("--nproc", type=int, default=1, help="local data-parallel processes (gloo), like torchrun")
-    a("--threads", type=int, help="torch threads per process")
+    a("--threads", type=int, help="torch threads per process (default: 1 for f1/f2/mlp, else "
+                                  "torch's default)")
     a("--device", help="cpu (default) or cuda")
     return p
 
@@ -113,8 +114,11 @@ def config_from(args) -> Config:
 def main_train(argv) -> int:
     args = train_parser().parse_args(argv)
     cfg = config_from(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # the MLPs gain nothing from threads, and on a shared CPU two spinning threads can make a
+    # step 10x slower; the thread count can change the rounding of training (not of the file)
+    threads = args.threads or (1 if cfg.model in ("f1", "f2", "mlp") else None)
+    if threads:
+        torch.set_num_threads(threads)
     from . import train as train_mod
     if args.nproc > 1:
         train_mod.spawn(cfg, args.nproc, resume=args.resume, epochs=args.epochs)
