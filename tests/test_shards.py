@@ -140,3 +140,19 @@ def test_stale_temp_files_are_removed(tmp_path):
     os.utime(other, (t, t))
     permcodec.save({"w": torch.ones(3)}, tmp_path / "m.perm")
     assert not old.exists() and fresh.exists() and other.exists()
+
+
+@pytest.mark.parametrize("shard", [None, "4MB"])
+def test_save_streams_one_tensor_at_a_time(tmp_path, shard):
+    """24 MiB of incompressible tensors: a save that kept every encoding would peak above 24 MiB."""
+    import tracemalloc
+    g = torch.Generator().manual_seed(0)
+    state = {f"t{i}": torch.randn(1 << 18, generator=g) for i in range(24)}  # 1 MiB each (torch memory)
+    tracemalloc.start()
+    try:
+        permcodec.save(state, tmp_path / "m.perm", max_shard_size=shard)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"save peaked at {peak / 2**20:.1f} MiB"
+    assert all(bit_equal(permcodec.load(tmp_path / "m.perm")[k], v) for k, v in state.items())
