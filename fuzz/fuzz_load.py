@@ -151,7 +151,8 @@ def main(argv) -> None:
         corpus = os.path.join(HERE, "corpus")
         os.makedirs(corpus, exist_ok=True)
         args += [corpus, seeds]
-    defaults = {"-timeout=": "10", "-rss_limit_mb=": "3072", "-max_len=": "65536"}
+    # 25 s: the first call of a numba-compiled decoder compiles it (seconds on a loaded machine)
+    defaults = {"-timeout=": "25", "-rss_limit_mb=": "3072", "-max_len=": "65536"}
     args += [k + v for k, v in defaults.items() if not any(a.startswith(k) for a in args)]
     atheris.Setup(args, check, custom_mutator=mutate)
     atheris.Fuzz()
