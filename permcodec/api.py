@@ -86,11 +86,18 @@ def _collect(obj) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, Ru
     return tensors, aliases, rules
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path, write) -> int:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".permcodec-", suffix=".tmp", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file gets the usual mode
         with os.fdopen(fd, "wb") as f:
             size = write(f)
             f.flush()

@@ -188,3 +188,12 @@ def test_flipped_bytes_raise(tmp_path):
         (tmp_path / "b.perm").write_bytes(bad)
         with pytest.raises(permcodec.FormatError):
             permcodec.verify(tmp_path / "b.perm")
+
+
+def test_saved_file_has_the_usual_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        permcodec.save({"a": torch.zeros(3)}, tmp_path / "m.perm")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.perm").stat().st_mode & 0o777 == 0o644
