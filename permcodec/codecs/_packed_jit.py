@@ -77,30 +77,97 @@ if _nb is not None:
             hi |= words[w + 1] >> _u64(64 - off)
         return np.int64(hi >> _u64(64 - k))
 
+    @_nb.njit(cache=True, inline="always")
+    def _divmod(x, R, ir):
+        """(x div R, x mod R) for 0 <= x < 2**52 from a binary64 estimate, corrected exactly."""
+        q = np.int64(np.float64(x) * ir)
+        d = x - q * R
+        if d < 0:
+            q -= 1
+            d += R
+        elif d >= R:
+            q += 1
+            d -= R
+        return q, d
+
+    @_nb.njit(cache=True, inline="always")
+    def _digit(words, pos, k, x, R, ir):
+        if k:
+            x = (x << k) | _read(words, pos, k)
+        return _divmod(x, R, ir)
+
     @_nb.njit(cache=True, parallel=True)
     def _dec_distinct(words, n, rows, K, rowbits, out, bad):
+        """Rows of distinct values (L = {0}); four rows at a time share one schedule, so their
+        independent division chains overlap."""
+        inv = np.empty(n, np.float64)
+        for t in range(n):
+            inv[t] = 1.0 / (n - t)
         for b in _nb.prange((rows + BLOCK - 1) // BLOCK):
-            free = np.empty(n, np.int32)
-            for r in range(b * BLOCK, min(rows, (b + 1) * BLOCK)):
-                pos = np.int64(r) * rowbits
+            f0 = np.empty(n, np.int32)
+            f1 = np.empty(n, np.int32)
+            f2 = np.empty(n, np.int32)
+            f3 = np.empty(n, np.int32)
+            hi = min(rows, (b + 1) * BLOCK)
+            r = b * BLOCK
+            while r + 4 <= hi:
+                p0 = np.int64(r) * rowbits
+                p1 = p0 + rowbits
+                p2 = p1 + rowbits
+                p3 = p2 + rowbits
                 for i in range(n):
-                    free[i] = i
-                x = np.int64(0)
-                orow = out[r]
+                    f0[i] = i
+                    f1[i] = i
+                    f2[i] = i
+                    f3[i] = i
+                x0 = np.int64(0)
+                x1 = np.int64(0)
+                x2 = np.int64(0)
+                x3 = np.int64(0)
                 for t in range(n - 1):
                     R = n - t
-                    k = K[t]
-                    if k:
-                        x = (x << k) | _read(words, pos, k)
-                        pos += k
-                    q = x // R
-                    d = x - q * R
-                    x = q
-                    orow[free[d]] = t + 1
-                    free[d] = free[R - 1]
-                orow[free[0]] = 0
-                if x != 0:
-                    bad[r] = 1
+                    k = np.int64(K[t])
+                    ir = inv[t]
+                    x0, d0 = _digit(words, p0, k, x0, R, ir)
+                    x1, d1 = _digit(words, p1, k, x1, R, ir)
+                    x2, d2 = _digit(words, p2, k, x2, R, ir)
+                    x3, d3 = _digit(words, p3, k, x3, R, ir)
+                    p0 += k
+                    p1 += k
+                    p2 += k
+                    p3 += k
+                    out[r + 0, f0[d0]] = t + 1
+                    f0[d0] = f0[R - 1]
+                    out[r + 1, f1[d1]] = t + 1
+                    f1[d1] = f1[R - 1]
+                    out[r + 2, f2[d2]] = t + 1
+                    f2[d2] = f2[R - 1]
+                    out[r + 3, f3[d3]] = t + 1
+                    f3[d3] = f3[R - 1]
+                out[r + 0, f0[0]] = 0
+                out[r + 1, f1[0]] = 0
+                out[r + 2, f2[0]] = 0
+                out[r + 3, f3[0]] = 0
+                bad[r] = x0 != 0
+                bad[r + 1] = x1 != 0
+                bad[r + 2] = x2 != 0
+                bad[r + 3] = x3 != 0
+                r += 4
+            while r < hi:
+                p0 = np.int64(r) * rowbits
+                for i in range(n):
+                    f0[i] = i
+                x0 = np.int64(0)
+                for t in range(n - 1):
+                    R = n - t
+                    k = np.int64(K[t])
+                    x0, d0 = _digit(words, p0, k, x0, R, inv[t])
+                    p0 += k
+                    out[r + 0, f0[d0]] = t + 1
+                    f0[d0] = f0[R - 1]
+                out[r + 0, f0[0]] = 0
+                bad[r] = x0 != 0
+                r += 1
 
     @_nb.njit(cache=True, parallel=True)
     def _dec_general(words, n, rows, order, start, mode, p, big, m, offs, tix, tables, out, bad):
@@ -126,14 +193,11 @@ if _nb is not None:
                             used[k] = 0
                             k += 1
                     cstart[k] = n
+                    ik = 1.0 / k
                     for j in range(n):
-                        kk = K[j]
-                        if kk:
-                            x = (x << kk) | _read(words, pos, kk)
-                            pos += kk
-                        q = x // k
-                        c = x - q * k
-                        x = q
+                        kk = np.int64(K[j])
+                        x, c = _digit(words, pos, kk, x, k, ik)
+                        pos += kk
                         if cstart[c] + used[c] >= cstart[c + 1]:
                             bad[r] = 2
                             break
@@ -154,13 +218,9 @@ if _nb is not None:
                     if mark[s]:
                         continue
                     R = n - t
-                    kk = K[t]
-                    if kk:
-                        x = (x << kk) | _read(words, pos, kk)
-                        pos += kk
-                    q = x // R
-                    d = x - q * R
-                    x = q
+                    kk = np.int64(K[t])
+                    x, d = _digit(words, pos, kk, x, R, 1.0 / R)
+                    pos += kk
                     slot = free[d]
                     slot_of[s] = slot
                     orow[slot] = s
@@ -311,7 +371,7 @@ def _words(payload):
     b = np.frombuffer(payload, np.uint8)
     padded = np.zeros(((len(b) + 7) // 8 + 1) * 8, np.uint8)
     padded[:len(b)] = b
-    return padded.view(">u8").astype(np.uint64)
+    return padded.view(">u8").byteswap().view(np.uint64) if np.little_endian else padded.view(np.uint64)
 
 
 def decode(params, payload, values) -> np.ndarray:
