@@ -1,13 +1,21 @@
-"""``model``: below the uniform limit on trained networks, whose weights stay near their initial rank.
+"""``model``: below the uniform limit on trained networks (version 2: Lehmer digits in context).
 
 Each row is visited in the order of its initial values (key, then index). The value found at the
 t-th position is one of the remaining *items* (the row's values in key order, equal values merged
-into a class range); it is coded relative to the centre C = the number of remaining items below
-the position's own initial class, as the displacement d = j - C. An adaptive table of integer
-counts over logarithmic displacement buckets (both signs; one table per segment) gives each
-bucket a share of M = 2**28, split evenly among the bucket's items, every item keeping at least
-one; the rANS coder of _rans.py writes the symbols. Where this does not pay (a permutation far
-from its initial order, pruned rows) save(codec="auto") keeps ``uniform`` for that tensor.
+into a class range); its item index is coded relative to a *centre* c with an adaptive table of
+integer counts over logarithmic offset buckets, one table per *context*:
+
+- context 0: no neighbour decoded yet: c = 0, so the symbol is the position's Lehmer digit
+  (RESEARCH.md §3: a trained weight mostly ends below the weights that started above it);
+- context 1: a *frozen* column (a header bitmap; columns whose weights keep their relative order
+  in every row, e.g. the weights of input pixels that are zero in every training image): only
+  items at or above the previous frozen position's final class are valid, c = the first of them;
+- contexts 2..5: 1, 2, 3, >= 4 already decoded *neighbours* i +- lag (lags in the header, e.g. 1
+  and 28 for MNIST pixels): c = the remaining item at the position's initial sorted index plus
+  the neighbours' mean displacement.
+
+The rANS coder of _rans.py writes the symbols. The encoder picks the frozen set and the lags
+(trying a few) and save(codec="auto") keeps ``uniform`` where ``model`` does not pay.
 formats/codecs/model.md specifies it bit for bit; ``decode_reference`` is that text in Python.
 """
 from __future__ import annotations
@@ -17,17 +25,29 @@ import numpy as np
 from ..errors import FormatError
 from . import _rans
 from ._rans import LOW, M, PREC, njit, prange
-from .uniform import ERRORS, _fen_add, _fen_build, _fen_find, _fen_prefix, _nseg, keys_of
+from ..dtypes import order_keys
+from .uniform import ERRORS as _UERR, _fen_add, _fen_build, _fen_find, _fen_prefix, _nseg
+
+
+def keys_of(values: np.ndarray) -> np.ndarray:
+    """Order keys of the initial values: unsigned integers in the order of the numbers (negative
+    patterns inverted, the sign bit set on the others), equal iff the bit patterns are equal."""
+    return np.ascontiguousarray(order_keys(np.ascontiguousarray(values)))
 
 NAME = "model"
 AUTO = True
-KEYS = ("name", "lanes", "segment_rows")
-SIDE = 56            # magnitude buckets per sign: enough for displacements below 2**28
+KEYS = ("name", "lanes", "segment_rows", "frozen", "lags")
+SIDE = 56            # magnitude buckets per sign: enough for offsets below 2**28
+NB = 2 * SIDE        # bucket ids per context
+NCTX = 6             # contexts (tables)
 INC = 24             # count added to the coded bucket
-LIMIT = 1 << 16      # counts are halved (rounding up) when their sum exceeds this
+LIMIT = 1 << 16      # a table's counts are halved (rounding up) when their sum exceeds this
+MAX_LAGS = 4
+ERRORS = dict(_UERR)
+ERRORS[4] = "a frozen position has no valid item left"
 
 
-# ---- displacement buckets ------------------------------------------------------------------
+# ---- offset buckets ------------------------------------------------------------------------
 @njit
 def bucket(u):
     """Magnitude bucket of u >= 0: 0, 1, then two buckets per octave (2, 3 | 4-5, 6-7 | ...)."""
@@ -51,39 +71,36 @@ def bucket_range(b):
 
 @njit
 def bucket_id(d):
-    """Table index of displacement d: 2*bucket(d) for d >= 0, 2*bucket(-d-1)+1 for d < 0."""
+    """Table index of offset d: 2*bucket(d) for d >= 0, 2*bucket(-d-1)+1 for d < 0."""
     return 2 * bucket(d) if d >= 0 else 2 * bucket(-d - 1) + 1
 
 
 @njit
-def _table(cnt, C, r, G, T, lo, w):
-    """Fill, for every bucket id, the first valid displacement lo, the valid width w, the slot
-    start G and the slot count T, for centre C among r items (buckets outside get w = 0)."""
+def _table(cnt, base, c, vlo, r, G, T, lo, w):
+    """For valid items [vlo, r-1] and centre c among them, fill per bucket id the first valid
+    offset lo, the valid width w, the slot start G and the slot count T (table cnt[base:])."""
     W = 0
-    nneg = bucket(C - 1) + 1 if C > 0 else 0
-    npos = bucket(r - 1 - C) + 1 if r - 1 - C >= 0 else 0
-    for b in range(SIDE):
-        w[2 * b] = 0
-        w[2 * b + 1] = 0
-    for b in range(nneg):         # d in [-C, -1]: d = -u - 1
+    nneg = bucket(c - vlo - 1) + 1 if c > vlo else 0
+    npos = bucket(r - 1 - c) + 1
+    for b in range(nneg):         # d in [vlo-c, -1]: d = -u - 1
         ulo, uhi = bucket_range(b)
         bid = 2 * b + 1
-        lo[bid] = -min(uhi, C - 1) - 1
-        w[bid] = min(uhi, C - 1) - ulo + 1
-        W += cnt[bid]
-    for b in range(npos):         # d in [0, r-1-C]
+        lo[bid] = -min(uhi, c - vlo - 1) - 1
+        w[bid] = min(uhi, c - vlo - 1) - ulo + 1
+        W += cnt[base + bid]
+    for b in range(npos):         # d in [0, r-1-c]
         ulo, uhi = bucket_range(b)
         bid = 2 * b
         lo[bid] = ulo
-        w[bid] = min(uhi, r - 1 - C) - ulo + 1
-        W += cnt[bid]
-    E = M - r
+        w[bid] = min(uhi, r - 1 - c) - ulo + 1
+        W += cnt[base + bid]
+    E = M - (r - vlo)
     K = 0
     g = 0
     q0 = 0
     for k in range(nneg + npos):  # d order: negative far -> near, then positive near -> far
         bid = 2 * (nneg - 1 - k) + 1 if k < nneg else 2 * (k - nneg)
-        K += cnt[bid]
+        K += cnt[base + bid]
         q1 = (K * E) // W
         G[bid] = g
         T[bid] = w[bid] + q1 - q0
@@ -93,32 +110,61 @@ def _table(cnt, C, r, G, T, lo, w):
 
 
 @njit
-def _cdf(j, C, r, G, T, lo, w):
+def _cdf(j, c, r, G, T, lo, w):
     """F(j): the first slot of item j (F(r) = M)."""
     if j == r:
         return M
-    bid = bucket_id(j - C)
-    return G[bid] + ((j - C - lo[bid]) * T[bid]) // w[bid]
+    bid = bucket_id(j - c)
+    return G[bid] + ((j - c - lo[bid]) * T[bid]) // w[bid]
 
 
 @njit
-def _credit(cnt, tot, a, e, C):
-    """Add INC to the bucket of the coded range's displacement (0 if it holds the centre, else its
-    end nearest the centre); halve all counts when their sum exceeds LIMIT. Returns the sum."""
-    if a <= C < e:
+def _credit(cnt, base, tot, ctx, a, e, c):
+    """Add INC to the bucket of the coded range's offset (0 if it holds the centre, else its end
+    nearest the centre); halve the context's counts when their sum exceeds LIMIT."""
+    if a <= c < e:
         d = 0
-    elif a > C:
-        d = a - C
+    elif a > c:
+        d = a - c
     else:
-        d = e - 1 - C
-    cnt[bucket_id(d)] += INC
-    tot += INC
-    if tot > LIMIT:
-        tot = 0
-        for q in range(2 * SIDE):
-            cnt[q] = (cnt[q] + 1) >> 1
-            tot += cnt[q]
-    return tot
+        d = e - 1 - c
+    cnt[base + bucket_id(d)] += INC
+    tot[ctx] += INC
+    if tot[ctx] > LIMIT:
+        s = 0
+        for q in range(NB):
+            cnt[base + q] = (cnt[base + q] + 1) >> 1
+            s += cnt[base + q]
+        tot[ctx] = s
+
+
+@njit
+def _context(t, i, n, r, frozen, lags, done, disp, fen, cls_sorted, lastcls):
+    """(context, vlo, centre) of the position i = order[t]."""
+    if frozen[i]:
+        vlo = _fen_prefix(fen, lastcls)
+        return 1, vlo, vlo
+    acc = 0
+    nav = 0
+    for k in range(lags.shape[0]):
+        L = lags[k]
+        if i - L >= 0 and done[i - L]:
+            acc += disp[i - L]
+            nav += 1
+        if i + L < n and done[i + L]:
+            acc += disp[i + L]
+            nav += 1
+    if nav == 0:
+        return 0, 0, 0
+    P = t + acc // nav            # floor division
+    if P < 0:
+        P = 0
+    elif P > n - 1:
+        P = n - 1
+    c = _fen_prefix(fen, cls_sorted[P])
+    if c > r - 1:
+        c = r - 1
+    return 1 + min(nav, 4), 0, c
 
 
 # ---- rows: initial order and classes --------------------------------------------------------
@@ -140,7 +186,7 @@ def _classes(key_row, order, cstart, cls_sorted):
 
 
 @njit
-def _encode_segment(keys, perm, lo_row, hi_row, cum, freq):
+def _encode_segment(keys, perm, frozen, lags, lo_row, hi_row, cum, freq):
     n = keys.shape[1]
     order = np.empty(n, np.int64)
     cstart = np.empty(n + 1, np.int64)
@@ -148,51 +194,65 @@ def _encode_segment(keys, perm, lo_row, hi_row, cum, freq):
     clsof = np.empty(n, np.int64)
     rem = np.empty(n, np.int64)
     fen = np.zeros(n + 1, np.int64)
-    cnt = np.ones(2 * SIDE, np.int64)
-    tot = 2 * SIDE
-    G = np.empty(2 * SIDE, np.int64)
-    T = np.empty(2 * SIDE, np.int64)
-    lo = np.empty(2 * SIDE, np.int64)
-    w = np.empty(2 * SIDE, np.int64)
+    done = np.zeros(n, np.bool_)
+    disp = np.zeros(n, np.int64)
+    cnt = np.ones(NCTX * NB, np.int64)
+    tot = np.full(NCTX, NB, np.int64)
+    G = np.empty(NB, np.int64)
+    T = np.empty(NB, np.int64)
+    lo = np.empty(NB, np.int64)
+    w = np.empty(NB, np.int64)
     k = 0
     for row in range(lo_row, hi_row):
         ncls = _classes(keys[row], order, cstart, cls_sorted)
         for q in range(n):
             clsof[order[q]] = cls_sorted[q]
+            done[q] = False
         for c in range(ncls):
             rem[c] = cstart[c + 1] - cstart[c]
         _fen_build(fen, rem, ncls)
+        lastcls = 0
         for t in range(n):
             r = n - t
             i = order[t]
-            C = _fen_prefix(fen, cls_sorted[t])
+            ctx, vlo, c = _context(t, i, n, r, frozen, lags, done, disp, fen, cls_sorted, lastcls)
             cf = clsof[perm[row, i]]
             a = _fen_prefix(fen, cf)
             e = a + rem[cf]
-            _table(cnt, C, r, G, T, lo, w)
-            c0 = _cdf(a, C, r, G, T, lo, w)
+            if a < vlo:
+                return 1              # the frozen set does not hold in this row
+            base = ctx * NB
+            _table(cnt, base, c, vlo, r, G, T, lo, w)
+            c0 = _cdf(a, c, r, G, T, lo, w)
             cum[k] = c0
-            freq[k] = _cdf(e, C, r, G, T, lo, w) - c0
+            freq[k] = _cdf(e, c, r, G, T, lo, w) - c0
             k += 1
-            tot = _credit(cnt, tot, a, e, C)
+            _credit(cnt, base, tot, ctx, a, e, c)
             rem[cf] -= 1
             _fen_add(fen, ncls, cf, -1)
+            done[i] = True
+            disp[i] = cstart[cf] - cstart[cls_sorted[t]]
+            if frozen[i]:
+                lastcls = cf
+    return 0
 
 
 @njit(parallel=True)
-def _encode_all(keys, perm, seg, lanes, nseg, out, sizes):
+def _encode_all(keys, perm, frozen, lags, seg, lanes, nseg, out, sizes):
     rows, n = keys.shape
     for g in prange(nseg):
         lo = g * seg
         hi = min(rows, lo + seg)
         cum = np.empty((hi - lo) * n, np.int64)
         freq = np.empty((hi - lo) * n, np.int64)
-        _encode_segment(keys, perm, lo, hi, cum, freq)
-        sizes[g] = _rans.encode_symbols(cum, freq, lanes, out[g])
+        if _encode_segment(keys, perm, frozen, lags, lo, hi, cum, freq):
+            sizes[g] = -1
+        else:
+            sizes[g] = _rans.encode_symbols(cum, freq, lanes, out[g])
 
 
 @njit
-def _decode_segment(keys, lo_row, hi_row, lanes, words, wlo, whi, out):
+def _decode_segment(keys, frozen, lags, lo_row, hi_row, lanes, words, wlo, whi, out):
     n = keys.shape[1]
     order = np.empty(n, np.int64)
     cstart = np.empty(n + 1, np.int64)
@@ -200,12 +260,14 @@ def _decode_segment(keys, lo_row, hi_row, lanes, words, wlo, whi, out):
     fcls = np.empty(n, np.int64)
     rem = np.empty(n, np.int64)
     fen = np.zeros(n + 1, np.int64)
-    cnt = np.ones(2 * SIDE, np.int64)
-    tot = 2 * SIDE
-    G = np.empty(2 * SIDE, np.int64)
-    T = np.empty(2 * SIDE, np.int64)
-    lo = np.empty(2 * SIDE, np.int64)
-    w = np.empty(2 * SIDE, np.int64)
+    done = np.zeros(n, np.bool_)
+    disp = np.zeros(n, np.int64)
+    cnt = np.ones(NCTX * NB, np.int64)
+    tot = np.full(NCTX, NB, np.int64)
+    G = np.empty(NB, np.int64)
+    T = np.empty(NB, np.int64)
+    lo = np.empty(NB, np.int64)
+    w = np.empty(NB, np.int64)
     x = np.empty(lanes, np.int64)
     for l in range(lanes):
         v = np.int64(words[wlo + 2 * l]) | (np.int64(words[wlo + 2 * l + 1]) << 32)
@@ -218,14 +280,21 @@ def _decode_segment(keys, lo_row, hi_row, lanes, words, wlo, whi, out):
         ncls = _classes(keys[row], order, cstart, cls_sorted)
         for c in range(ncls):
             rem[c] = cstart[c + 1] - cstart[c]
+        for q in range(n):
+            done[q] = False
         _fen_build(fen, rem, ncls)
         top = 1
         while top * 2 <= ncls:
             top *= 2
+        lastcls = 0
         for t in range(n):
             r = n - t
-            C = _fen_prefix(fen, cls_sorted[t])
-            nneg, npos = _table(cnt, C, r, G, T, lo, w)
+            i = order[t]
+            ctx, vlo, c = _context(t, i, n, r, frozen, lags, done, disp, fen, cls_sorted, lastcls)
+            if vlo >= r:
+                return 4
+            base = ctx * NB
+            nneg, npos = _table(cnt, base, c, vlo, r, G, T, lo, w)
             xs = x[lane]
             s = xs & (M - 1)
             bid = 0
@@ -233,11 +302,11 @@ def _decode_segment(keys, lo_row, hi_row, lanes, words, wlo, whi, out):
                 bid = 2 * (nneg - 1 - kk) + 1 if kk < nneg else 2 * (kk - nneg)
                 if s < G[bid] + T[bid]:
                     break
-            j = C + lo[bid] + ((s - G[bid] + 1) * w[bid] - 1) // T[bid]
+            j = c + lo[bid] + ((s - G[bid] + 1) * w[bid] - 1) // T[bid]
             cf, a = _fen_find(fen, ncls, top, j)
             e = a + rem[cf]
-            c0 = _cdf(a, C, r, G, T, lo, w)
-            f = _cdf(e, C, r, G, T, lo, w) - c0
+            c0 = _cdf(a, c, r, G, T, lo, w)
+            f = _cdf(e, c, r, G, T, lo, w) - c0
             xs = f * (xs >> PREC) + s - c0
             if xs < LOW:
                 if p >= whi:
@@ -248,10 +317,14 @@ def _decode_segment(keys, lo_row, hi_row, lanes, words, wlo, whi, out):
             lane += 1
             if lane == lanes:
                 lane = 0
-            fcls[order[t]] = cf
-            tot = _credit(cnt, tot, a, e, C)
+            fcls[i] = cf
+            _credit(cnt, base, tot, ctx, a, e, c)
             rem[cf] -= 1
             _fen_add(fen, ncls, cf, -1)
+            done[i] = True
+            disp[i] = cstart[cf] - cstart[cls_sorted[t]]
+            if frozen[i]:
+                lastcls = cf
         for c in range(ncls):         # sources of each class, in increasing position order
             rem[c] = cstart[c]
         orow = out[row]
@@ -268,11 +341,94 @@ def _decode_segment(keys, lo_row, hi_row, lanes, words, wlo, whi, out):
 
 
 @njit(parallel=True)
-def _decode_all(keys, seg, lanes, words, bounds, out, err):
+def _decode_all(keys, frozen, lags, seg, lanes, words, bounds, out, err):
     rows = keys.shape[0]
     for g in prange(bounds.shape[0] - 1):
         lo = g * seg
-        err[g] = _decode_segment(keys, lo, min(rows, lo + seg), lanes, words, bounds[g], bounds[g + 1], out)
+        err[g] = _decode_segment(keys, frozen, lags, lo, min(rows, lo + seg), lanes, words,
+                                 bounds[g], bounds[g + 1], out)
+
+
+# ---- encoder side: the frozen set and the lags -----------------------------------------------
+@njit
+def _compat(keys, perm):
+    """ok[p, q]: in every row, positions p and q keep their order (initial (key, index) order
+    vs final class order, ties allowed)."""
+    rows, n = keys.shape
+    ok = np.ones((n, n), np.bool_)
+    order = np.empty(n, np.int64)
+    cstart = np.empty(n + 1, np.int64)
+    cls_sorted = np.empty(n, np.int64)
+    t0 = np.empty(n, np.int64)
+    clsof = np.empty(n, np.int64)
+    fc = np.empty(n, np.int64)
+    for row in range(rows):
+        _classes(keys[row], order, cstart, cls_sorted)
+        for q in range(n):
+            t0[order[q]] = q
+            clsof[order[q]] = cls_sorted[q]
+        for q in range(n):
+            fc[q] = clsof[perm[row, q]]
+        for p in range(n):
+            for q in range(n):
+                if t0[p] < t0[q] and fc[p] > fc[q]:
+                    ok[p, q] = False
+                    ok[q, p] = False
+    return ok
+
+
+@njit
+def _clique(ok):
+    n = ok.shape[0]
+    deg = np.zeros(n, np.int64)
+    for p in range(n):
+        for q in range(n):
+            if ok[p, q]:
+                deg[p] += 1
+    idx = np.argsort(-deg, kind="mergesort")
+    chosen = np.zeros(n, np.bool_)
+    members = np.empty(n, np.int64)
+    m = 0
+    for z in range(n):
+        p = idx[z]
+        good = True
+        for y in range(m):
+            if not ok[p, members[y]]:
+                good = False
+                break
+        if good:
+            chosen[p] = True
+            members[m] = p
+            m += 1
+    return chosen
+
+
+def find_frozen(keys: np.ndarray, perm: np.ndarray, budget: float = 3e8) -> np.ndarray | None:
+    """A set of columns whose weights keep their relative order in every row (greedy clique of
+    the pairwise-compatible columns), or None where it would be too slow or too small."""
+    rows, n = keys.shape
+    if n < 8 or n > 4096 or rows * n * n > budget:
+        return None
+    chosen = _clique(_compat(keys, perm))
+    return chosen if chosen.sum() >= 4 else None
+
+
+def find_lags(keys: np.ndarray, perm: np.ndarray, most: int = 2, span: int = 128) -> list:
+    """Up to ``most`` column lags whose displacements correlate best (> 0.1) within rows."""
+    rows, n = keys.shape
+    if n < 3:
+        return []
+    pick = np.unique(np.linspace(0, rows - 1, min(rows, 256)).astype(np.int64))
+    k = keys[pick]
+    rank = np.argsort(np.argsort(k, 1, kind="stable"), 1, kind="stable")
+    d = (np.take_along_axis(rank, perm[pick], 1) - rank).astype(np.float64)
+    d -= d.mean()
+    var = (d * d).mean()
+    if var == 0:
+        return []
+    corr = [((d[:, :-s] * d[:, s:]).mean() / var, s) for s in range(1, min(n - 1, span) + 1)]
+    corr.sort(reverse=True)
+    return sorted(s for c, s in corr[:most] if c > 0.1)
 
 
 # ---- reference decoder (plain Python, as the spec states it) --------------------------------
@@ -288,33 +444,37 @@ def _ref_range(b: int) -> tuple[int, int]:
     return lo, lo + (1 << (e - 1)) - 1
 
 
-def _ref_intervals(cnt: list, C: int, r: int) -> list:
-    """[(first d, width, G, T, bucket id)] of the valid buckets in increasing d."""
+def _ref_id(d: int) -> int:
+    return 2 * _ref_bucket(d) if d >= 0 else 2 * _ref_bucket(-d - 1) + 1
+
+
+def _ref_intervals(cnt: list, c: int, vlo: int, r: int) -> list:
+    """[(first offset, width, G, T)] of the valid buckets in increasing offset."""
     spans = []
-    if C > 0:
-        for b in range(_ref_bucket(C - 1), -1, -1):
+    if c > vlo:
+        for b in range(_ref_bucket(c - vlo - 1), -1, -1):
             ulo, uhi = _ref_range(b)
-            uhi = min(uhi, C - 1)
+            uhi = min(uhi, c - vlo - 1)
             spans.append((-uhi - 1, uhi - ulo + 1, 2 * b + 1))
-    for b in range(_ref_bucket(r - 1 - C) + 1 if r - 1 - C >= 0 else 0):
+    for b in range(_ref_bucket(r - 1 - c) + 1):
         ulo, uhi = _ref_range(b)
-        spans.append((ulo, min(uhi, r - 1 - C) - ulo + 1, 2 * b))
+        spans.append((ulo, min(uhi, r - 1 - c) - ulo + 1, 2 * b))
     W = sum(cnt[bid] for _, _, bid in spans)
-    E, K, g, out = M - r, 0, 0, []
+    E, K, g, out = M - (r - vlo), 0, 0, []
     for d0, width, bid in spans:
         q0 = K * E // W
         K += cnt[bid]
         t = width + K * E // W - q0
-        out.append((d0, width, g, t, bid))
+        out.append((d0, width, g, t))
         g += t
     return out
 
 
-def _ref_cdf(j: int, C: int, r: int, spans: list) -> int:
+def _ref_cdf(j: int, c: int, r: int, spans: list) -> int:
     if j == r:
         return M
-    d = j - C
-    for d0, width, g, t, _ in spans:
+    d = j - c
+    for d0, width, g, t in spans:
         if d0 <= d < d0 + width:
             return g + (d - d0) * t // width
     raise AssertionError("item outside every bucket")
@@ -323,47 +483,66 @@ def _ref_cdf(j: int, C: int, r: int, spans: list) -> int:
 def decode_reference(params: dict, payload, values: np.ndarray) -> np.ndarray:
     """The decoder exactly as formats/codecs/model.md states it (slow, for tests)."""
     rows, n = values.shape
-    lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
+    lanes, seg, frozen, lags = check_params(params, rows, n)
     nseg = _nseg(rows, n, seg)
     words, bounds = _rans.unframe(payload, nseg, lanes)
     keys = keys_of(values)
     perm = np.empty((rows, n), np.int64)
+    frozen = [bool(f) for f in frozen]
     for g in range(nseg):
         rd = _rans.Reader(words, int(bounds[g]), int(bounds[g + 1]), lanes)
-        cnt = [1] * (2 * SIDE)
+        tables = [[1] * NB for _ in range(NCTX)]
         for row in range(g * seg, min(rows, (g + 1) * seg)):
             order = sorted(range(n), key=lambda i: (int(keys[row, i]), i))
-            classes = []                       # sources of each class, increasing
-            for i in order:
+            classes, start = [], []            # sources of each class, increasing; first sorted index
+            for t, i in enumerate(order):
                 if classes and keys[row, classes[-1][0]] == keys[row, i]:
                     classes[-1].append(i)
                 else:
                     classes.append([i])
-            cls_of = {i: c for c, members in enumerate(classes) for i in members}
+                    start.append(t)
+            cls_at = [c for c, members in enumerate(classes) for _ in members]   # by sorted index
             rem = [len(members) for members in classes]
-            final = [0] * n
+            final, disp = [None] * n, [None] * n
+            last = 0
             for t, i in enumerate(order):
                 r = n - t
-                C = sum(rem[: cls_of[i]])
-                spans = _ref_intervals(cnt, C, r)
+                if frozen[i]:
+                    ctx, vlo = 1, sum(rem[:last])
+                    c = vlo
+                    if vlo >= r:
+                        raise FormatError("model payload: a frozen position has no valid item left")
+                else:
+                    near = [disp[q] for L in lags for q in (i - L, i + L) if 0 <= q < n and disp[q] is not None]
+                    vlo = 0
+                    if not near:
+                        ctx, c = 0, 0
+                    else:
+                        ctx = 1 + min(len(near), 4)
+                        P = min(max(t + sum(near) // len(near), 0), n - 1)
+                        c = min(sum(rem[: cls_at[P]]), r - 1)
+                cnt = tables[ctx]
+                spans = _ref_intervals(cnt, c, vlo, r)
                 s = rd.slot()
-                d0, width, g0, t0, _ = next(sp for sp in spans if s < sp[2] + sp[3])
-                j = C + d0 + ((s - g0 + 1) * width - 1) // t0
+                d0, width, g0, t0 = next(sp for sp in spans if s < sp[2] + sp[3])
+                j = c + d0 + ((s - g0 + 1) * width - 1) // t0
                 a = 0
                 for cf, m in enumerate(rem):
                     if j < a + m:
                         break
                     a += m
                 e = a + rem[cf]
-                c0 = _ref_cdf(a, C, r, spans)
-                rd.advance(c0, _ref_cdf(e, C, r, spans) - c0)
+                c0 = _ref_cdf(a, c, r, spans)
+                rd.advance(c0, _ref_cdf(e, c, r, spans) - c0)
                 final[i] = cf
-                d = 0 if a <= C < e else (a - C if a > C else e - 1 - C)
-                bid = 2 * _ref_bucket(d) if d >= 0 else 2 * _ref_bucket(-d - 1) + 1
-                cnt[bid] += INC
+                d = 0 if a <= c < e else (a - c if a > c else e - 1 - c)
+                cnt[_ref_id(d)] += INC
                 if sum(cnt) > LIMIT:
-                    cnt = [(c + 1) >> 1 for c in cnt]
+                    tables[ctx] = [(q + 1) >> 1 for q in cnt]
                 rem[cf] -= 1
+                disp[i] = start[cf] - start[cls_at[t]]
+                if frozen[i]:
+                    last = cf
             used = [0] * len(classes)
             for i in range(n):
                 perm[row, i] = classes[final[i]][used[final[i]]]
@@ -373,34 +552,88 @@ def decode_reference(params: dict, payload, values: np.ndarray) -> np.ndarray:
 
 
 # ---- the codec interface -------------------------------------------------------------------
-def encode(perm: np.ndarray, values: np.ndarray, lanes=None, segment_rows=None, **options):
-    rows, n = perm.shape
-    lanes, seg = _rans.layout(rows, n, _rans.row_bits(values), lanes, segment_rows)
-    params = {"name": NAME, "lanes": lanes, "segment_rows": seg}
+def check_params(params: dict, rows: int, n: int):
+    """(lanes, segment_rows, frozen as uint8[n] 0/1, lags as int64[]) after validating params."""
+    lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
+    fz, lags = params["frozen"], params["lags"]
+    if not isinstance(fz, (bytes, bytearray)) or len(fz) not in (0, (n + 7) // 8):
+        raise FormatError(f"model codec param frozen must be empty or {(n + 7) // 8} bytes, got {type(fz).__name__} "
+                          f"of length {len(fz) if isinstance(fz, (bytes, bytearray)) else '?'}")
+    if fz and n % 8 and fz[-1] >> (n % 8):
+        raise FormatError("model codec param frozen has bits set past the row length")
+    if (not isinstance(lags, list) or len(lags) > MAX_LAGS
+            or any(not isinstance(L, int) or isinstance(L, bool) or not 1 <= L < max(n, 1) for L in lags)
+            or any(a >= b for a, b in zip(lags, lags[1:]))):
+        raise FormatError(f"model codec param lags must be at most {MAX_LAGS} increasing integers in [1, n-1], got {lags!r}")
+    frozen = (np.unpackbits(np.frombuffer(bytes(fz), np.uint8), bitorder="little")[:n] if fz
+              else np.zeros(n, np.uint8))
+    return lanes, seg, frozen, np.array(lags, np.int64)
+
+
+def _encode_with(keys, perm, rows, n, lanes, seg, frozen, lags):
     nseg = _nseg(rows, n, seg)
+    fbits = np.zeros(n, np.uint8) if frozen is None else np.asarray(frozen, np.uint8)
+    params = {"name": NAME, "lanes": lanes, "segment_rows": seg,
+              "frozen": b"" if frozen is None or not fbits.any() else np.packbits(fbits, bitorder="little").tobytes(),
+              "lags": [int(L) for L in lags]}
     if nseg == 0:
         return params, b""
     out = np.empty((nseg, seg * n + 2 * lanes), np.uint32)
     sizes = np.empty(nseg, np.int64)
-    _encode_all(keys_of(values), np.ascontiguousarray(perm, np.int64), seg, lanes, nseg, out, sizes)
+    _encode_all(keys, perm, fbits, np.array(lags, np.int64), seg, lanes, nseg, out, sizes)
+    if (sizes < 0).any():
+        return None
     return params, _rans.frame([out[g, : sizes[g]] for g in range(nseg)])
+
+
+def encode(perm: np.ndarray, values: np.ndarray, lanes=None, segment_rows=None, frozen="auto", lags="auto",
+           **options):
+    """frozen: "auto" (search), None, or a bool array of n; lags: "auto" (try none, the best and
+    the best two correlated lags) or a list of increasing integers in [1, n-1]."""
+    rows, n = perm.shape
+    lanes, seg = _rans.layout(rows, n, _rans.row_bits(values), lanes, segment_rows)
+    keys = keys_of(values)
+    perm = np.ascontiguousarray(perm, np.int64)
+    if rows * n == 0:
+        return _encode_with(keys, perm, rows, n, lanes, seg, None, [])
+    fz_opts = [None]
+    if isinstance(frozen, str):
+        found = find_frozen(keys, perm)
+        if found is not None:
+            fz_opts.append(found)
+    elif frozen is not None:
+        fz_opts = [np.asarray(frozen, bool)]
+    if isinstance(lags, str):
+        best = find_lags(keys, perm)
+        lag_opts = [[]] + [best[:k] for k in range(1, len(best) + 1)]
+    else:
+        lag_opts = [list(lags)]
+    result = None
+    for fz in fz_opts:
+        for lg in lag_opts:
+            got = _encode_with(keys, perm, rows, n, lanes, seg, fz, lg)
+            if got is None:
+                raise ValueError("model codec: the given frozen columns change their order in some row")
+            if result is None or len(got[1]) < len(result[1]):
+                result = got
+    return result
 
 
 def check_payload(params: dict, payload, rows: int, n: int) -> None:
     """Reject bad params or framing before the initial values are generated."""
-    lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
+    lanes, seg, _, _ = check_params(params, rows, n)
     _rans.unframe(payload, _nseg(rows, n, seg), lanes)
 
 
 def decode(params: dict, payload, values: np.ndarray) -> np.ndarray:
     rows, n = values.shape
-    lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
+    lanes, seg, frozen, lags = check_params(params, rows, n)
     nseg = _nseg(rows, n, seg)
     words, bounds = _rans.unframe(payload, nseg, lanes)
     out = np.empty((rows, n), np.int64)
     if nseg:
         err = np.zeros(nseg, np.int64)
-        _decode_all(keys_of(values), seg, lanes, words, bounds, out, err)
+        _decode_all(keys_of(values), frozen, lags, seg, lanes, words, bounds, out, err)
         bad = np.flatnonzero(err)
         if bad.size:
             g = int(bad[0])
