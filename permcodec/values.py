@@ -136,5 +136,7 @@ def generate(rule, count: int, dtype: str, start: int = 0) -> np.ndarray:
     """Same bits as :func:`generate_reference`, from the compiled path when numba is present."""
     from . import _jit
     if _jit.available():
-        return cast(_jit.values(rule.seed, rule.stream, start, count, rule.dist, rule.scale, rule.prune), dtype)
+        if dtype not in DTYPES:
+            raise RuleError(f"initial values cannot be made in dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        return _jit.generate(rule.seed, rule.stream, start, count, rule.dist, rule.scale, rule.prune, dtype)
     return generate_reference(rule, count, dtype, start)

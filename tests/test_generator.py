@@ -35,6 +35,62 @@ def test_fast_path_equals_reference(rule, start, count, dtype):
     assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
+# scales from subnormal float16/bfloat16 results to float32 overflow: the fused cast's corners
+wide_rules = st.builds(
+    Rule,
+    dist=st.sampled_from(["uniform", "normal", "constant"]),
+    scale=st.one_of(st.floats(-1e39, 1e39, allow_nan=False, allow_infinity=False),
+                    st.sampled_from([6.0e-8, 3.0e-8, 1e-5, 6.1e-5, 65504.0, 65519.0, 65520.0, 3.4e38, 1e-45])),
+    seed=st.integers(0, 2**64 - 1),
+    stream=st.integers(0, 2**62 - 1),
+    prune=st.sampled_from([0, 2**30, 2**32]),
+)
+
+
+@given(rule=wide_rules, start=st.integers(0, 2**20), count=st.integers(0, 2000),
+       dtype=st.sampled_from(values.DTYPES))
+def test_fused_cast_equals_reference_cast(rule, start, count, dtype):
+    a = values.generate_reference(rule, count, dtype, start)
+    b = values.generate(rule, count, dtype, start)
+    assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dist", ["uniform", "normal", "constant"])
+@pytest.mark.parametrize("dtype", values.DTYPES)
+def test_parallel_path_equals_reference(dist, dtype):
+    """Counts above the serial cut-off run on numba's threads, tiles split among them."""
+    r = Rule(dist, 0.7, seed=5, stream=11, prune=2**30)
+    count = (1 << 17) + 77
+    a = values.generate_reference(r, count, dtype, start=3)
+    b = values.generate(r, count, dtype, start=3)
+    assert a.tobytes() == b.tobytes()
+
+
+def test_float16_rounding_of_every_kind_of_float32():
+    """The compiled binary32 -> binary16 rounding against numpy's, on random and corner patterns."""
+    _jit = pytest.importorskip("permcodec._jit")
+    if not _jit.available():
+        pytest.skip("numba disabled")
+    import numba
+
+    @numba.njit
+    def conv(u, out):
+        for i in range(u.shape[0]):
+            out[i] = _jit._f16_bits(u[i])
+
+    rng = np.random.default_rng(0)
+    corners = np.array([0x33000000, 0x33000001, 0x337FFFFF, 0x33800000, 0x38800000, 0x387FFFFF, 0x387FE000,
+                        0x387FF000, 0x477FE000, 0x477FEFFF, 0x477FF000, 0x7F7FFFFF, 0x7F800000, 0, 1], np.uint32)
+    u = np.concatenate([corners, corners | 0x80000000, rng.integers(0, 2**32, 1 << 20, dtype=np.uint32),
+                        (np.arange(0x33000000, 0x47800000, 997, dtype=np.uint32))])
+    f = u.view(np.float32)
+    u = u[~np.isnan(f)]
+    out = np.empty(u.size, np.uint16)
+    conv(u, out)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(out, u.view(np.float32).astype(np.float16).view(np.uint16))
+
+
 def test_values_are_a_window_of_one_stream():
     r = make("he_normal", (64, 100), seed=7, name="w", prune=0.3)
     whole = values.generate(r, 1000, "float32")
