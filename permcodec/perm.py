@@ -24,11 +24,27 @@ def as_rows(shape) -> tuple[int, int]:
     return int(shape[0]), n
 
 
-def find(v: np.ndarray, w: np.ndarray, name: str = "tensor") -> np.ndarray:
+def find(v: np.ndarray, w: np.ndarray, name: str = "tensor", backend: str = "auto") -> np.ndarray:
     """The canonical ``perm`` (int64, rows x n) with ``w == take_along_axis(v, perm, 1)``.
 
     Raises NotAPermutationError naming the first row whose values differ, and how many.
+    ``backend``: "auto" (compiled where numba runs), "jit" or "reference"; never changes the result.
     """
+    from . import _perm_jit
+    if backend not in ("auto", "jit", "reference"):
+        raise ValueError(f"backend must be 'auto', 'jit' or 'reference', not {backend!r}")
+    if backend == "reference" or not _perm_jit.available() or v.shape != w.shape or v.dtype != w.dtype:
+        return find_reference(v, w, name)
+    kind = np.dtype(f"<u{v.dtype.itemsize}")
+    perm, ok = _perm_jit.find(np.ascontiguousarray(v).view(kind), np.ascontiguousarray(w).view(kind))
+    if not ok.all():
+        find_reference(v, w, name)  # raises the reference's message
+        raise AssertionError("compiled perm.find and the reference disagree")  # pragma: no cover
+    return perm
+
+
+def find_reference(v: np.ndarray, w: np.ndarray, name: str = "tensor") -> np.ndarray:
+    """:func:`find` with two stable sorts per row (numpy only); the definition the fast path follows."""
     kv = order_keys(v)
     kw = order_keys(w)
     sv = np.argsort(kv, axis=1, kind="stable")
