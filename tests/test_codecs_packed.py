@@ -132,3 +132,15 @@ def test_bad_params():
 
 def test_jit_available():
     assert J.available()
+
+
+def test_worked_examples_of_the_spec():
+    """formats/codecs/packed.md §7, byte for byte."""
+    v = np.array([[0.3, -0.1, 0.7, 0.2]], np.float32)
+    assert packed.encode(np.array([[2, 0, 3, 1]]), v) == ({"name": "packed", "ties": False}, b"\x18")
+    assert packed.decode_reference({"name": "packed", "ties": False}, b"\x18", v).tolist() == [[2, 0, 3, 1]]
+    v = np.array([[0, 0.5, 0, 0.5, 0, 0]], np.float32)
+    p = P.find(v, np.array([[0.5, 0, 0, 0.5, 0, 0]], np.float32))
+    assert p.tolist() == [[1, 0, 2, 3, 4, 5]]
+    assert packed.encode(p, v) == ({"name": "packed", "ties": True}, b"\x90")
+    assert packed.schedule(packed.PERM, 4, 1).tolist() == [5, 0, 0]
