@@ -97,12 +97,13 @@ if _nb is not None:
         return _divmod(x, R, ir)
 
     @_nb.njit(cache=True, parallel=True)
-    def _dec_distinct(words, n, rows, K, rowbits, out, bad):
+    def _dec_distinct(words, n, idx, K, offs, out, bad):
         """Rows of distinct values (L = {0}); four rows at a time share one schedule, so their
         independent division chains overlap."""
         inv = np.empty(n, np.float64)
         for t in range(n):
             inv[t] = 1.0 / (n - t)
+        rows = idx.shape[0]
         for b in _nb.prange((rows + BLOCK - 1) // BLOCK):
             f0 = np.empty(n, np.int32)
             f1 = np.empty(n, np.int32)
@@ -111,10 +112,8 @@ if _nb is not None:
             hi = min(rows, (b + 1) * BLOCK)
             r = b * BLOCK
             while r + 4 <= hi:
-                p0 = np.int64(r) * rowbits
-                p1 = p0 + rowbits
-                p2 = p1 + rowbits
-                p3 = p2 + rowbits
+                r0, r1, r2, r3 = idx[r], idx[r + 1], idx[r + 2], idx[r + 3]
+                p0, p1, p2, p3 = offs[r0], offs[r1], offs[r2], offs[r3]
                 for i in range(n):
                     f0[i] = i
                     f1[i] = i
@@ -136,25 +135,26 @@ if _nb is not None:
                     p1 += k
                     p2 += k
                     p3 += k
-                    out[r + 0, f0[d0]] = t + 1
+                    out[r0, f0[d0]] = t + 1
                     f0[d0] = f0[R - 1]
-                    out[r + 1, f1[d1]] = t + 1
+                    out[r1, f1[d1]] = t + 1
                     f1[d1] = f1[R - 1]
-                    out[r + 2, f2[d2]] = t + 1
+                    out[r2, f2[d2]] = t + 1
                     f2[d2] = f2[R - 1]
-                    out[r + 3, f3[d3]] = t + 1
+                    out[r3, f3[d3]] = t + 1
                     f3[d3] = f3[R - 1]
-                out[r + 0, f0[0]] = 0
-                out[r + 1, f1[0]] = 0
-                out[r + 2, f2[0]] = 0
-                out[r + 3, f3[0]] = 0
-                bad[r] = x0 != 0
-                bad[r + 1] = x1 != 0
-                bad[r + 2] = x2 != 0
-                bad[r + 3] = x3 != 0
+                out[r0, f0[0]] = 0
+                out[r1, f1[0]] = 0
+                out[r2, f2[0]] = 0
+                out[r3, f3[0]] = 0
+                bad[r0] = x0 != 0
+                bad[r1] = x1 != 0
+                bad[r2] = x2 != 0
+                bad[r3] = x3 != 0
                 r += 4
             while r < hi:
-                p0 = np.int64(r) * rowbits
+                r0 = idx[r]
+                p0 = offs[r0]
                 for i in range(n):
                     f0[i] = i
                 x0 = np.int64(0)
@@ -163,9 +163,9 @@ if _nb is not None:
                     k = np.int64(K[t])
                     x0, d0 = _digit(words, p0, k, x0, R, inv[t])
                     p0 += k
-                    out[r + 0, f0[d0]] = t + 1
+                    out[r0, f0[d0]] = t + 1
                     f0[d0] = f0[R - 1]
-                out[r + 0, f0[0]] = 0
+                out[r0, f0[0]] = 0
                 bad[r] = x0 != 0
                 r += 1
 
@@ -244,6 +244,31 @@ if _nb is not None:
                 sl = np.sort(free[:ms])
                 for i in range(ms):
                     orow[sl[i]] = ordr[bg + i]
+
+    @_nb.njit(cache=True, parallel=True)
+    def _tied_rows(keys, out):
+        """out[r] = True where row r repeats a key (open addressing, one table per task)."""
+        rows, n = keys.shape
+        size = 1
+        while size < 2 * n:
+            size <<= 1
+        shift = _u64(64 - max(_bitlen(size - 1), 1))
+        for b in _nb.prange((rows + BLOCK - 1) // BLOCK):
+            table = np.empty(size, keys.dtype)
+            stamp = np.full(size, -1, np.int64)
+            for r in range(b * BLOCK, min(rows, (b + 1) * BLOCK)):
+                for j in range(n):
+                    key = keys[r, j]
+                    h = np.int64((_u64(key) * _u64(0x9E3779B97F4A7C15)) >> shift)
+                    while stamp[h] == r:
+                        if table[h] == key:
+                            out[r] = True
+                            break
+                        h = (h + 1) & (size - 1)
+                    if out[r]:
+                        break
+                    stamp[h] = r
+                    table[h] = key
 
     @_nb.njit(cache=True, parallel=True)
     def _enc_rows(perm, n, rows, order, start, mode, p, big, m, tix, tables, chunks):
@@ -377,21 +402,31 @@ def _words(payload):
 def decode(params, payload, values) -> np.ndarray:
     ties = _P.check_params(params, values)
     rows, n = values.shape
-    keys = order_keys(values) if ties else None
     out = np.empty((rows, n), np.int64)
     bad = np.zeros(rows, np.int8)
-    if not ties:
-        K = np.zeros(max(n - 1, 1), np.uint8)
-        rowbits = int(_schedule(0, n, 1, K))
-        _P.check_size(payload, rows * rowbits)
-        if n:
-            _dec_distinct(_words(payload), n, rows, K, rowbits, out, bad)
-    else:
-        order, start, modes, p, big, m, tix, tables, rbits = _layout(keys, True)
-        offs = np.zeros(rows, np.int64)
-        np.cumsum(rbits[:-1], out=offs[1:])
-        _P.check_size(payload, int(rbits.sum()))
-        _dec_general(_words(payload), n, rows, order, start, modes, p, big, m, offs, tix, tables, out, bad)
+    K = np.zeros(max(n, 1), np.uint8)
+    rowbits = int(_schedule(0, n, 1, K))
+    bits = np.full(rows, rowbits, np.int64)
+    tied = np.zeros(rows, np.bool_)
+    if ties:  # only rows that repeat a value need their classes
+        raw = values.view(np.dtype(f"u{values.dtype.itemsize}"))  # equal keys <=> equal bit patterns
+        _tied_rows(np.ascontiguousarray(raw), tied)
+        sub = np.flatnonzero(tied)
+        if sub.size:
+            order, start, modes, p, big, m, tix, tables, rbits = _layout(order_keys(values[sub]), True)
+            bits[sub] = rbits
+    offs = np.zeros(rows, np.int64)
+    np.cumsum(bits[:-1], out=offs[1:])
+    _P.check_size(payload, int(bits.sum()))
+    words = _words(payload)
+    if n:
+        _dec_distinct(words, n, np.flatnonzero(~tied), K, offs, out, bad)
+    if tied.any():
+        part = np.empty((sub.size, n), np.int64)
+        pbad = np.zeros(sub.size, np.int8)
+        _dec_general(words, n, sub.size, order, start, modes, p, big, m, offs[sub], tix, tables, part, pbad)
+        out[sub] = part
+        bad[sub] = pbad
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
         why = "does not end in state 0" if bad[r] == 1 else "places too many copies of one value"
