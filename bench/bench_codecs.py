@@ -117,18 +117,20 @@ def run_codec(state, rules, codec, path, reps):
 
 
 def run_peer(state, peer, path, reps):
+    """Save once (peers' save speed is not reported), load best of ``reps``."""
     from safetensors.torch import load as st_load, load_file, save as st_save, save_file
     contig = {k: t.contiguous() for k, t in state.items()}
+    reps_load, reps = reps, 1
     if peer == "safetensors-fp32":
         enc, _ = best_of(reps, lambda: save_file(contig, path))
-        dec, _ = best_of(reps, lambda: load_file(path))
+        dec, _ = best_of(reps_load, lambda: load_file(path))
     elif peer == "safetensors-fp16":
         half = {k: (t.half() if t.is_floating_point() else t) for k, t in contig.items()}
         enc, _ = best_of(reps, lambda: save_file(half, path))
-        dec, _ = best_of(reps, lambda: load_file(path))
+        dec, _ = best_of(reps_load, lambda: load_file(path))
     elif peer == "torch.save":
         enc, _ = best_of(reps, lambda: torch.save(contig, path))
-        dec, _ = best_of(reps, lambda: torch.load(path, weights_only=True))
+        dec, _ = best_of(reps_load, lambda: torch.load(path, weights_only=True))
     else:
         cctx = zstandard.ZstdCompressor(level=19, threads=-1)
 
@@ -140,8 +142,8 @@ def run_peer(state, peer, path, reps):
         def load():
             with open(path, "rb") as f:
                 return st_load(zstandard.ZstdDecompressor().decompress(f.read()))
-        dec, _ = best_of(reps, load)
-    return {"bytes": os.path.getsize(path), "save_s": enc, "load_s": dec}
+        dec, _ = best_of(reps_load, load)
+    return {"bytes": os.path.getsize(path), "load_s": dec}
 
 
 def warm_up(codec_names, tmp):
@@ -285,7 +287,7 @@ def plot(res, path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small models, one repetition (CI smoke test)")
-    ap.add_argument("--reps", type=int, default=None, help="repetitions per timing (best of; default 3, quick 1)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per timing (best of; default 2, quick 1)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"), help="output folder")
     ap.add_argument("--trained", nargs="*", default=None,
                     help=".perm files of trained models (default: tests/data/*.perm and bench/fixtures/*.perm)")
@@ -294,7 +296,7 @@ def main(argv=None):
                          f"quick: {' '.join(QUICK_MODELS)})")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
-    reps = args.reps or (1 if args.quick else 3)
+    reps = args.reps or (1 if args.quick else 2)
     trained = args.trained if args.trained is not None else sorted(
         glob.glob(str(ROOT / "tests" / "data" / "*.perm")) + glob.glob(str(ROOT / "bench" / "fixtures" / "*.perm")))
     codec_names = sorted(codecs.REGISTRY) + ["auto"]
