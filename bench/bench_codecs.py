@@ -44,12 +44,14 @@ PEERS = ["safetensors-fp32", "safetensors-fp16", "torch.save", "zstd19(safetenso
 
 # ---- cases ---------------------------------------------------------------------------------
 def laperm_state(name: str, prune: float, shared=None, seed: int = 0):
-    """(state dict, rules) of model ``name`` at a random LaPerm state: seeded init, rows permuted."""
+    """(state dict, rules) of model ``name`` at a random LaPerm state: seeded init, rows permuted.
+    The input layer keeps 80% of its weights, except in weight-agnostic nets (every layer at ``prune``)."""
     from trainers.models import PERMUTE_BIAS, build
     torch.manual_seed(seed)
     model = build(name)
     rules = permcodec.init.apply_(model, seed=seed, prune=prune, shared_value=shared,
-                                  bias=PERMUTE_BIAS.get(name, False))
+                                  bias=PERMUTE_BIAS.get(name, False),
+                                  input_prune_cap=prune if shared is not None else 0.2)
     rng = np.random.default_rng(seed)
     state = {k: t.detach().clone() for k, t in model.state_dict().items()}
     for k in rules:
