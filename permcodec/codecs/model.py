@@ -75,67 +75,117 @@ def bucket_id(d):
     return 2 * bucket(d) if d >= 0 else 2 * bucket(-d - 1) + 1
 
 
-@njit
-def _table(cnt, base, c, vlo, r, G, T, lo, w):
-    """For valid items [vlo, r-1] and centre c among them, fill per bucket id the first valid
-    offset lo, the valid width w, the slot start G and the slot count T (table cnt[base:])."""
-    W = 0
-    nneg = bucket(c - vlo - 1) + 1 if c > vlo else 0
-    npos = bucket(r - 1 - c) + 1
-    for b in range(nneg):         # d in [vlo-c, -1]: d = -u - 1
-        ulo, uhi = bucket_range(b)
-        bid = 2 * b + 1
-        lo[bid] = -min(uhi, c - vlo - 1) - 1
-        w[bid] = min(uhi, c - vlo - 1) - ulo + 1
-        W += cnt[base + bid]
-    for b in range(npos):         # d in [0, r-1-c]
-        ulo, uhi = bucket_range(b)
-        bid = 2 * b
-        lo[bid] = ulo
-        w[bid] = min(uhi, r - 1 - c) - ulo + 1
-        W += cnt[base + bid]
-    E = M - (r - vlo)
-    K = 0
-    g = 0
-    q0 = 0
-    for k in range(nneg + npos):  # d order: negative far -> near, then positive near -> far
-        bid = 2 * (nneg - 1 - k) + 1 if k < nneg else 2 * (k - nneg)
-        K += cnt[base + bid]
-        q1 = (K * E) // W
-        G[bid] = g
-        T[bid] = w[bid] + q1 - q0
-        g += T[bid]
-        q0 = q1
-    return nneg, npos
+# The fast coders keep, per context, the counts in *layout order* (offset order): layout index
+# SIDE - 1 - B holds the negative bucket of magnitude B (id 2B+1), SIDE + B the positive one (id 2B),
+# so the valid buckets of any symbol are one contiguous layout range [SIDE - nneg, SIDE + npos) and
+# model.md §6's running sums are differences of one prefix-sum array P (P[x] = counts of layout
+# indices < x; P[0] = 0, P[NB] = the table's total). Closed forms of §6 for layout bucket x:
+#     G_x = (d0_x - (v - C)) + floor(Kp_x E / W),  T_x = w_x + floor(K_x E / W) - floor(Kp_x E / W)
+# with Kp_x = P[x] - P[xs], K_x = P[x + 1] - P[xs], W = P[xe] - P[xs] (the widths of the earlier
+# valid buckets sum to d0_x - (v - C)): O(1) per bucket instead of a walk over every valid bucket.
+PB = NB + 1          # prefix entries per context
 
 
 @njit
-def _cdf(j, c, r, G, T, lo, w):
+def _bucket_table(n):
+    """bucket(u) for 0 <= u <= n (a lookup instead of a bit scan)."""
+    bk = np.empty(n + 1, np.int64)
+    for u in range(n + 1):
+        bk[u] = bucket(u)
+    return bk
+
+
+@njit
+def _prefix_init(P):
+    for ctx in range(NCTX):
+        for y in range(PB):
+            P[ctx * PB + y] = y
+
+
+@njit(inline="always")
+def _layout(d, bk):
+    """Layout index of offset d."""
+    return SIDE + bk[d] if d >= 0 else SIDE - 1 - bk[-d - 1]
+
+
+@njit(inline="always")
+def _span(x, c, vlo, r):
+    """(first valid offset d0, valid width w) of layout bucket x."""
+    if x >= SIDE:
+        ulo, uhi = bucket_range(x - SIDE)
+        return ulo, min(uhi, r - 1 - c) - ulo + 1
+    ulo, uhi = bucket_range(SIDE - 1 - x)
+    uhi = min(uhi, c - vlo - 1)
+    return -uhi - 1, uhi - ulo + 1
+
+
+@njit(inline="always")
+def _muldiv(K, E, W, winv):
+    """floor(K * E / W) for 0 <= K <= W <= 2**17, E < 2**28 (K * E < 2**45 is exact in binary64:
+    the float quotient is off by at most one, then corrected exactly)."""
+    num = K * E
+    q = np.int64(np.float64(num) * winv)
+    rest = num - q * W
+    if rest < 0:
+        q -= 1
+    elif rest >= W:
+        q += 1
+    return q
+
+
+@njit(inline="always")
+def _slots(P, pb, x, base, E, W, winv, c, vlo, r):
+    """(G, T, d0, w) of layout bucket x (model.md §6)."""
+    d0, w = _span(x, c, vlo, r)
+    q0 = _muldiv(np.int64(P[pb + x]) - base, E, W, winv)
+    q1 = _muldiv(np.int64(P[pb + x + 1]) - base, E, W, winv)
+    return d0 + c - vlo + q0, w + q1 - q0, d0, w
+
+
+@njit(inline="always")
+def _cdf_at(j, c, vlo, r, P, pb, base, E, W, winv, bk):
     """F(j): the first slot of item j (F(r) = M)."""
     if j == r:
         return M
-    bid = bucket_id(j - c)
-    return G[bid] + ((j - c - lo[bid]) * T[bid]) // w[bid]
+    d = j - c
+    G, T, d0, w = _slots(P, pb, _layout(d, bk), base, E, W, winv, c, vlo, r)
+    if w == 1:
+        return G
+    return G + ((d - d0) * T) // w
 
 
-@njit
-def _credit(cnt, base, tot, ctx, a, e, c):
+@njit(inline="always")
+def _window(P, pb, c, vlo, r, bk):
+    """(xs, xe, base = P[xs], W, 1/W, E) of a symbol: its valid layout range and the §6 sums."""
+    xs = SIDE - (bk[c - vlo - 1] + 1) if c > vlo else SIDE
+    xe = SIDE + bk[r - 1 - c] + 1
+    base = np.int64(P[pb + xs])
+    W = np.int64(P[pb + xe]) - base
+    return xs, xe, base, W, 1.0 / W, M - (r - vlo)
+
+
+@njit(inline="always")
+def _credit(P, pb, a, e, c, bk):
     """Add INC to the bucket of the coded range's offset (0 if it holds the centre, else its end
-    nearest the centre); halve the context's counts when their sum exceeds LIMIT."""
+    nearest the centre); halve the context's counts (rounding up) when their sum exceeds LIMIT."""
     if a <= c < e:
         d = 0
     elif a > c:
         d = a - c
     else:
         d = e - 1 - c
-    cnt[base + bucket_id(d)] += INC
-    tot[ctx] += INC
-    if tot[ctx] > LIMIT:
-        s = 0
-        for q in range(NB):
-            cnt[base + q] = (cnt[base + q] + 1) >> 1
-            s += cnt[base + q]
-        tot[ctx] = s
+    Q = P[pb: pb + PB]
+    x1 = np.uint64(_layout(d, bk) + 1)
+    for y in range(x1, np.uint64(PB)):
+        Q[y] += INC
+    if Q[NB] > LIMIT:
+        prev = np.int32(0)
+        acc = np.int32(0)
+        for y in range(1, PB):
+            cy = Q[y] - prev
+            prev = Q[y]
+            acc += (cy + 1) >> 1
+            Q[y] = acc
 
 
 @njit
@@ -169,15 +219,47 @@ def _context(t, i, n, r, frozen, lags, done, disp, fen, cls_sorted, lastcls):
 
 # ---- rows: initial order and classes --------------------------------------------------------
 @njit
-def _classes(key_row, order, cstart, cls_sorted):
-    """Sort positions by (key, index) into order; class per sorted index; returns the class count
-    with cstart[c] the first sorted index of class c (cstart[ncls] = n)."""
+def _classes(key_row, order, cstart, cls_sorted, tmp, hist):
+    """Sort positions by (key, index) into order (a stable LSD radix sort over the key bytes that
+    vary in the row; tmp: int64[n] and hist: int64[256] scratch); class per sorted index; returns
+    the class count with cstart[c] the first sorted index of class c (cstart[ncls] = n)."""
     n = key_row.shape[0]
-    o = np.argsort(key_row, kind="mergesort")
+    diff = np.uint64(0)
+    if n:
+        k0 = np.uint64(key_row[0])
+        for q in range(n):
+            diff |= np.uint64(key_row[q]) ^ k0
+    for q in range(n):
+        order[q] = q
+    src = order
+    dst = tmp
+    passes = 0
+    for byte in range(8):
+        sh = np.uint64(8 * byte)
+        if ((diff >> sh) & np.uint64(255)) == 0:
+            continue
+        for h in range(256):
+            hist[h] = 0
+        for q in range(n):
+            hist[np.int64((np.uint64(key_row[q]) >> sh) & np.uint64(255))] += 1
+        acc = 0
+        for h in range(256):
+            c = hist[h]
+            hist[h] = acc
+            acc += c
+        for q in range(n):
+            i = src[q]
+            h = np.int64((np.uint64(key_row[i]) >> sh) & np.uint64(255))
+            dst[hist[h]] = i
+            hist[h] += 1
+        src, dst = dst, src
+        passes += 1
+    if passes & 1:
+        for q in range(n):
+            order[q] = tmp[q]
     ncls = 0
     for q in range(n):
-        order[q] = o[q]
-        if q == 0 or key_row[o[q]] != key_row[o[q - 1]]:
+        if q == 0 or key_row[order[q]] != key_row[order[q - 1]]:
             cstart[ncls] = q
             ncls += 1
         cls_sorted[q] = ncls - 1
@@ -191,20 +273,19 @@ def _encode_segment(keys, perm, frozen, lags, lo_row, hi_row, cum, freq):
     order = np.empty(n, np.int64)
     cstart = np.empty(n + 1, np.int64)
     cls_sorted = np.empty(n, np.int64)
+    tmp = np.empty(n, np.int64)
+    hist = np.empty(256, np.int64)
     clsof = np.empty(n, np.int64)
     rem = np.empty(n, np.int64)
     fen = np.zeros(n + 1, np.int64)
     done = np.zeros(n, np.bool_)
     disp = np.zeros(n, np.int64)
-    cnt = np.ones(NCTX * NB, np.int64)
-    tot = np.full(NCTX, NB, np.int64)
-    G = np.empty(NB, np.int64)
-    T = np.empty(NB, np.int64)
-    lo = np.empty(NB, np.int64)
-    w = np.empty(NB, np.int64)
+    P = np.empty(NCTX * PB, np.int32)
+    _prefix_init(P)
+    bk = _bucket_table(n)
     k = 0
     for row in range(lo_row, hi_row):
-        ncls = _classes(keys[row], order, cstart, cls_sorted)
+        ncls = _classes(keys[row], order, cstart, cls_sorted, tmp, hist)
         for q in range(n):
             clsof[order[q]] = cls_sorted[q]
             done[q] = False
@@ -221,13 +302,13 @@ def _encode_segment(keys, perm, frozen, lags, lo_row, hi_row, cum, freq):
             e = a + rem[cf]
             if a < vlo:
                 return 1              # the frozen set does not hold in this row
-            base = ctx * NB
-            _table(cnt, base, c, vlo, r, G, T, lo, w)
-            c0 = _cdf(a, c, r, G, T, lo, w)
+            pb = ctx * PB
+            xs, xe, base, W, winv, E = _window(P, pb, c, vlo, r, bk)
+            c0 = _cdf_at(a, c, vlo, r, P, pb, base, E, W, winv, bk)
             cum[k] = c0
-            freq[k] = _cdf(e, c, r, G, T, lo, w) - c0
+            freq[k] = _cdf_at(e, c, vlo, r, P, pb, base, E, W, winv, bk) - c0
             k += 1
-            _credit(cnt, base, tot, ctx, a, e, c)
+            _credit(P, pb, a, e, c, bk)
             rem[cf] -= 1
             _fen_add(fen, ncls, cf, -1)
             done[i] = True
@@ -257,17 +338,16 @@ def _decode_segment(keys, frozen, lags, lo_row, hi_row, lanes, words, wlo, whi, 
     order = np.empty(n, np.int64)
     cstart = np.empty(n + 1, np.int64)
     cls_sorted = np.empty(n, np.int64)
+    tmp = np.empty(n, np.int64)
+    hist = np.empty(256, np.int64)
     fcls = np.empty(n, np.int64)
     rem = np.empty(n, np.int64)
     fen = np.zeros(n + 1, np.int64)
     done = np.zeros(n, np.bool_)
     disp = np.zeros(n, np.int64)
-    cnt = np.ones(NCTX * NB, np.int64)
-    tot = np.full(NCTX, NB, np.int64)
-    G = np.empty(NB, np.int64)
-    T = np.empty(NB, np.int64)
-    lo = np.empty(NB, np.int64)
-    w = np.empty(NB, np.int64)
+    P = np.empty(NCTX * PB, np.int32)
+    _prefix_init(P)
+    bk = _bucket_table(n)
     x = np.empty(lanes, np.int64)
     for l in range(lanes):
         v = np.int64(words[wlo + 2 * l]) | (np.int64(words[wlo + 2 * l + 1]) << 32)
@@ -277,7 +357,7 @@ def _decode_segment(keys, frozen, lags, lo_row, hi_row, lanes, words, wlo, whi, 
     p = wlo + 2 * lanes
     lane = 0
     for row in range(lo_row, hi_row):
-        ncls = _classes(keys[row], order, cstart, cls_sorted)
+        ncls = _classes(keys[row], order, cstart, cls_sorted, tmp, hist)
         for c in range(ncls):
             rem[c] = cstart[c + 1] - cstart[c]
         for q in range(n):
@@ -293,20 +373,27 @@ def _decode_segment(keys, frozen, lags, lo_row, hi_row, lanes, words, wlo, whi, 
             ctx, vlo, c = _context(t, i, n, r, frozen, lags, done, disp, fen, cls_sorted, lastcls)
             if vlo >= r:
                 return 4
-            base = ctx * NB
-            nneg, npos = _table(cnt, base, c, vlo, r, G, T, lo, w)
+            pb = ctx * PB
+            xs_, xe, base, W, winv, E = _window(P, pb, c, vlo, r, bk)
             xs = x[lane]
             s = xs & (M - 1)
-            bid = 0
-            for kk in range(nneg + npos):
-                bid = 2 * (nneg - 1 - kk) + 1 if kk < nneg else 2 * (kk - nneg)
-                if s < G[bid] + T[bid]:
-                    break
-            j = c + lo[bid] + ((s - G[bid] + 1) * w[bid] - 1) // T[bid]
+            # the valid bucket holding slot s: the last layout index whose G <= s (G increases)
+            lo_x = xs_
+            hi_x = xe - 1
+            while lo_x < hi_x:
+                mid = (lo_x + hi_x + 1) >> 1
+                d0, w = _span(mid, c, vlo, r)
+                off = s - (d0 + c - vlo)
+                if off >= 0 and (np.int64(P[pb + mid]) - base) * E < (off + 1) * W:
+                    lo_x = mid
+                else:
+                    hi_x = mid - 1
+            G, T, d0, w = _slots(P, pb, lo_x, base, E, W, winv, c, vlo, r)
+            j = c + d0 + ((s - G + 1) * w - 1) // T
             cf, a = _fen_find(fen, ncls, top, j)
             e = a + rem[cf]
-            c0 = _cdf(a, c, r, G, T, lo, w)
-            f = _cdf(e, c, r, G, T, lo, w) - c0
+            c0 = _cdf_at(a, c, vlo, r, P, pb, base, E, W, winv, bk)
+            f = _cdf_at(e, c, vlo, r, P, pb, base, E, W, winv, bk) - c0
             xs = f * (xs >> PREC) + s - c0
             if xs < LOW:
                 if p >= whi:
@@ -318,7 +405,7 @@ def _decode_segment(keys, frozen, lags, lo_row, hi_row, lanes, words, wlo, whi, 
             if lane == lanes:
                 lane = 0
             fcls[i] = cf
-            _credit(cnt, base, tot, ctx, a, e, c)
+            _credit(P, pb, a, e, c, bk)
             rem[cf] -= 1
             _fen_add(fen, ncls, cf, -1)
             done[i] = True
@@ -359,11 +446,13 @@ def _compat(keys, perm):
     order = np.empty(n, np.int64)
     cstart = np.empty(n + 1, np.int64)
     cls_sorted = np.empty(n, np.int64)
+    tmp = np.empty(n, np.int64)
+    hist = np.empty(256, np.int64)
     t0 = np.empty(n, np.int64)
     clsof = np.empty(n, np.int64)
     fc = np.empty(n, np.int64)
     for row in range(rows):
-        _classes(keys[row], order, cstart, cls_sorted)
+        _classes(keys[row], order, cstart, cls_sorted, tmp, hist)
         for q in range(n):
             t0[order[q]] = q
             clsof[order[q]] = cls_sorted[q]
