@@ -110,7 +110,11 @@ def encode_permuted(arr: np.ndarray, rule: Rule, dtype: str, name: str, codec: s
     v = rule.values((rows, n), dtype)
     p = _perm.find(v, arr.reshape(rows, n), name)
     best = None
-    for module in codecs.choose(codec):
+    candidates = codecs.choose(codec)
+    for module in candidates:
+        worth = getattr(module, "worth", None)  # a slow codec's cheap look ahead (auto only)
+        if len(candidates) > 1 and worth is not None and not worth(p, v):
+            continue
         params, payload = module.encode(p, v, **options)
         if best is None or len(payload) < len(best[1]):
             best = (params, payload)

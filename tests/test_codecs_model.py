@@ -104,3 +104,67 @@ def test_hostile_bytes(data, rows, n, lanes, seg, frozen, lags):
         except FormatError:
             continue
         assert p.shape == v.shape and all(sorted(r) == list(range(n)) for r in p.tolist())
+
+
+@given(rows=st.integers(1, 4), n=st.integers(1, 150), dtype=st.sampled_from(DTYPES),
+       zeros=st.sampled_from([0.0, 0.5, 0.95]), near=st.sampled_from([None, 0.0, 0.01, 0.1]),
+       seed=st.integers(0, 2**32 - 1))
+def test_fast_helpers_equal_plain(rows, n, dtype, zeros, near, seed):
+    """The radix row sort, the bitset compatibility and its clique equal the plain versions."""
+    rng = np.random.default_rng(seed)
+    v = values(rng, rows, n, dtype, zeros)
+    p = shuffled(rng, v, near)
+    k = model.keys_of(v)
+    order, cstart, cls, tmp, hist = (np.empty(n, np.int64), np.empty(n + 1, np.int64), np.empty(n, np.int64),
+                                     np.empty(n, np.int64), np.empty(256, np.int64))
+    for r in range(rows):
+        ncls = model._classes(k[r], order, cstart, cls, tmp, hist)
+        assert np.array_equal(order, np.argsort(k[r], kind="stable"))
+        assert ncls == len(np.unique(k[r])) and cstart[ncls] == n
+    ok, okb = model._compat(k, p), model._compat_bits(k, p)
+    assert np.array_equal(np.unpackbits(okb.view(np.uint8), axis=1, bitorder="little")[:, :n].astype(bool), ok)
+    assert np.array_equal(model._clique(ok), model._clique_bits(okb, n))
+
+
+def test_sampled_search_and_trials(monkeypatch):
+    """Above the exact budgets the frozen set is searched on sampled rows then repaired (still
+    valid in every row), and the options are compared on sampled rows; decoding is exact."""
+    rng = np.random.default_rng(11)
+    v = values(rng, 400, 200)
+    p = shuffled(rng, v, 0.05)
+    cols = np.arange(0, 200, 3)
+    k = model.keys_of(v)
+    for r in range(400):
+        src = p[r, cols]
+        p[r, cols[np.argsort(k[r, cols], kind="stable")]] = src[np.argsort(k[r, src], kind="stable")]
+    p[7, [cols[0], cols[-1]]] = p[7, [cols[-1], cols[0]]]      # one row breaks two of them
+    p = P.find(v, np.take_along_axis(v, p, 1))
+    monkeypatch.setattr(model, "EXACT_WORDS", 1000)
+    monkeypatch.setattr(model, "SAMPLE_WORDS", 200 * 4 * 10)  # 10 sampled rows: row 7 is not one
+    found = model.find_frozen(k, p)
+    assert found is not None and found.sum() >= len(cols) - 2 and not (found[cols[0]] and found[cols[-1]])
+    params, payload = model.encode(p, v, frozen=found, lags=[])  # valid in every row
+    assert np.array_equal(model.decode(params, payload, v), p)
+    assert v.size > model.EXACT_TRIALS
+    params, payload = model.encode(p, v)
+    assert params["frozen"] and np.array_equal(model.decode(params, payload, v), p)
+
+
+def test_worth_decides_only_whether_model_runs():
+    """auto skips the model encode where the sampled prospect says it loses (random rows), keeps
+    it where it wins; a forced codec="model" gives the same bits either way."""
+    from permcodec import tensors
+    from permcodec.rules import make
+    rng = np.random.default_rng(2)
+    for name, v, p in trained_layers(TRAINED[0])[:1]:
+        assert model.worth(p, v) and model.prospect(p, v) < 0.9
+    rule = make("he_uniform", (400, 300), seed=5, name="w")
+    v = rule.values((400, 300), "float32")
+    rnd = np.take_along_axis(v, np.argsort(rng.random(v.shape), 1), 1)
+    assert not model.worth(P.find(v, rnd), v)
+    params, _ = tensors.encode_permuted(rnd, rule, "float32", "w")
+    assert params["name"] == "uniform"
+    near = np.take_along_axis(v, P.find(v, v), 1)                  # identity: model is ~free
+    params, payload = tensors.encode_permuted(near, rule, "float32", "w")
+    assert params["name"] == "model"
+    assert payload == tensors.encode_permuted(near, rule, "float32", "w", codec="model")[1]

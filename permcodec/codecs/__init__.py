@@ -10,6 +10,9 @@ tensor's initial values as (rows, n) (numpy; bfloat16 as uint16 patterns), which
 for the tie structure and the initial rank order. ``params`` go into the header (msgpack-safe
 values only) and change the bits; options that only change speed do not appear in them.
 ``decode`` must return a valid permutation or raise FormatError, for any bytes.
+
+An optional ``worth(perm, values) -> bool`` lets save(codec="auto") skip a slow codec where a
+cheap deterministic look ahead says it will not be the smallest (it never changes a codec's bits).
 """
 from __future__ import annotations
 

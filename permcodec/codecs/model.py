@@ -492,22 +492,170 @@ def _clique(ok):
     return chosen
 
 
-def find_frozen(keys: np.ndarray, perm: np.ndarray, budget: float = 3e8) -> np.ndarray | None:
-    """A set of columns whose weights keep their relative order in every row (greedy clique of
-    the pairwise-compatible columns), or None where it would be too slow or too small."""
+@njit
+def _repair(keys, perm, chosen):
+    """Row by row, keep of the flagged columns (in initial order) a longest subsequence with
+    non-decreasing final classes and unflag the others; afterwards the flagged set is valid in
+    every row (a subset of a valid set stays valid). O(rows * n log n)."""
     rows, n = keys.shape
-    if n < 8 or n > 4096 or rows * n * n > budget:
+    order = np.empty(n, np.int64)
+    cstart = np.empty(n + 1, np.int64)
+    cls_sorted = np.empty(n, np.int64)
+    tmp = np.empty(n, np.int64)
+    hist = np.empty(256, np.int64)
+    clsof = np.empty(n, np.int64)
+    seq = np.empty(n, np.int64)        # flagged columns in initial order
+    val = np.empty(n, np.int64)        # their final classes
+    tail = np.empty(n + 1, np.int64)   # tail[L]: index in seq ending the best subsequence of length L
+    prev = np.empty(n, np.int64)
+    keep = np.zeros(n, np.bool_)
+    for row in range(rows):
+        _classes(keys[row], order, cstart, cls_sorted, tmp, hist)
+        for q in range(n):
+            clsof[order[q]] = cls_sorted[q]
+        m = 0
+        for t in range(n):
+            i = order[t]
+            if chosen[i]:
+                seq[m] = i
+                val[m] = clsof[perm[row, i]]
+                m += 1
+        best = 0
+        for z in range(m):
+            lo, hi = 1, best + 1        # first length L whose tail value exceeds val[z]
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if val[tail[mid]] > val[z]:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            prev[z] = tail[lo - 1] if lo > 1 else -1
+            tail[lo] = z
+            if lo > best:
+                best = lo
+        if best == m:
+            continue
+        for z in range(m):
+            keep[z] = False
+        z = tail[best] if best else -1
+        while z >= 0:
+            keep[z] = True
+            z = prev[z]
+        for z in range(m):
+            if not keep[z]:
+                chosen[seq[z]] = False
+
+
+@njit
+def _popcount(x):
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@njit
+def _compat_bits(keys, perm):
+    """_compat as bitsets (ok[p] bit q), O(rows * n**2 / 64): per row, positions are visited in
+    decreasing initial order with the set of those already visited (initially later) and the
+    prefix sets less[f] = {q: final class of q < f}; p conflicts with the later q below its final
+    class and with the earlier q above it."""
+    rows, n = keys.shape
+    nw = (n + 63) >> 6
+    ok = np.zeros((n, nw), np.uint64)
+    for p in range(n):
+        for q in range(n):
+            ok[p, q >> 6] |= np.uint64(1) << np.uint64(q & 63)
+    order = np.empty(n, np.int64)
+    cstart = np.empty(n + 1, np.int64)
+    cls_sorted = np.empty(n, np.int64)
+    tmp = np.empty(n, np.int64)
+    hist = np.empty(256, np.int64)
+    clsof = np.empty(n, np.int64)
+    fc = np.empty(n, np.int64)
+    less = np.zeros((n + 1, nw), np.uint64)
+    after = np.zeros(nw, np.uint64)
+    for row in range(rows):
+        ncls = _classes(keys[row], order, cstart, cls_sorted, tmp, hist)
+        for q in range(n):
+            clsof[order[q]] = cls_sorted[q]
+        for q in range(n):
+            fc[q] = clsof[perm[row, q]]
+        for f in range(ncls + 1):       # less[f]: columns whose final class is below f
+            for w in range(nw):
+                less[f, w] = 0
+        for q in range(n):
+            less[fc[q] + 1, q >> 6] |= np.uint64(1) << np.uint64(q & 63)
+        for f in range(1, ncls + 1):
+            for w in range(nw):
+                less[f, w] |= less[f - 1, w]
+        for w in range(nw):
+            after[w] = 0
+        for t in range(n - 1, -1, -1):
+            p = order[t]
+            f = fc[p]
+            for w in range(nw):         # later and below, or earlier (not p) and above
+                bad = (after[w] & less[f, w]) | (~after[w] & ~less[f + 1, w])
+                ok[p, w] &= ~bad
+            ok[p, p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+            after[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+    return ok
+
+
+@njit
+def _clique_bits(ok, n):
+    """_clique on _compat_bits' sets: the same greedy clique, visiting columns by decreasing
+    degree (stable)."""
+    nw = ok.shape[1]
+    deg = np.zeros(n, np.int64)
+    for p in range(n):
+        for w in range(nw):
+            deg[p] += _popcount(ok[p, w])
+    idx = np.argsort(-deg, kind="mergesort")
+    chosen = np.zeros(n, np.bool_)
+    members = np.zeros(nw, np.uint64)
+    for z in range(n):
+        p = idx[z]
+        good = True
+        for w in range(nw):
+            if (ok[p, w] & members[w]) != members[w]:
+                good = False
+                break
+        if good:
+            chosen[p] = True
+            members[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+    return chosen
+
+
+EXACT_WORDS = 1 << 28     # frozen search: all rows while rows * n * ceil(n/64) stays below this,
+SAMPLE_WORDS = 1 << 26    # otherwise pairs tested on evenly spaced rows, then _repair on all rows
+
+
+def find_frozen(keys: np.ndarray, perm: np.ndarray) -> np.ndarray | None:
+    """A set of columns whose weights keep their relative order in every row (greedy clique of
+    the pairwise-compatible columns), or None where it would be too slow or too small. Above
+    EXACT_WORDS the compatibility is measured on a deterministic sample of rows and the clique is
+    then repaired against every row (O(rows * n))."""
+    rows, n = keys.shape
+    if n < 8 or n > 4096:
         return None
-    chosen = _clique(_compat(keys, perm))
+    per_row = n * ((n + 63) >> 6)
+    if rows * per_row <= EXACT_WORDS:
+        chosen = _clique_bits(_compat_bits(keys, perm), n)
+    else:
+        pick = np.unique(np.linspace(0, rows - 1, max(1, min(rows, SAMPLE_WORDS // per_row))).astype(np.int64))
+        chosen = _clique_bits(_compat_bits(np.ascontiguousarray(keys[pick]), np.ascontiguousarray(perm[pick])), n)
+        _repair(keys, perm, chosen)
     return chosen if chosen.sum() >= 4 else None
 
 
 def find_lags(keys: np.ndarray, perm: np.ndarray, most: int = 2, span: int = 128) -> list:
-    """Up to ``most`` column lags whose displacements correlate best (> 0.1) within rows."""
+    """Up to ``most`` column lags whose displacements correlate best (> 0.1) within rows (measured
+    on at most 256 evenly spaced rows holding about 2**17 weights)."""
     rows, n = keys.shape
     if n < 3:
         return []
-    pick = np.unique(np.linspace(0, rows - 1, min(rows, 256)).astype(np.int64))
+    pick = np.unique(np.linspace(0, rows - 1, min(rows, 256, -(-(1 << 17) // n))).astype(np.int64))
     k = keys[pick]
     rank = np.argsort(np.argsort(k, 1, kind="stable"), 1, kind="stable")
     d = (np.take_along_axis(rank, perm[pick], 1) - rank).astype(np.float64)
@@ -675,10 +823,21 @@ def _encode_with(keys, perm, rows, n, lanes, seg, frozen, lags):
     return params, _rans.frame([out[g, : sizes[g]] for g in range(nseg)])
 
 
+EXACT_TRIALS = 1 << 16    # tensors up to this many weights try every option on the whole tensor
+TRIAL_WEIGHTS = 1 << 16   # larger ones try them on about this many evenly spaced rows' weights
+
+
+def sample_rows(rows: int, n: int, weights: int = TRIAL_WEIGHTS) -> np.ndarray:
+    """Evenly spaced row indices holding about ``weights`` weights (at least one row)."""
+    return np.unique(np.linspace(0, rows - 1, max(1, min(rows, -(-weights // max(n, 1))))).astype(np.int64))
+
+
 def encode(perm: np.ndarray, values: np.ndarray, lanes=None, segment_rows=None, frozen="auto", lags="auto",
            **options):
     """frozen: "auto" (search), None, or a bool array of n; lags: "auto" (try none, the best and
-    the best two correlated lags) or a list of increasing integers in [1, n-1]."""
+    the best two correlated lags) or a list of increasing integers in [1, n-1]. With more than one
+    option to try, a tensor above EXACT_TRIALS weights compares them on a deterministic sample of
+    rows (sample_rows) and encodes the whole tensor once, with the winner."""
     rows, n = perm.shape
     lanes, seg = _rans.layout(rows, n, _rans.row_bits(values), lanes, segment_rows)
     keys = keys_of(values)
@@ -697,15 +856,56 @@ def encode(perm: np.ndarray, values: np.ndarray, lanes=None, segment_rows=None, 
         lag_opts = [[]] + [best[:k] for k in range(1, len(best) + 1)]
     else:
         lag_opts = [list(lags)]
+    opts = [(fz, lg) for fz in fz_opts for lg in lag_opts]
+    if len(opts) > 1 and rows * n > EXACT_TRIALS:
+        pick = sample_rows(rows, n)
+        ks, ps = np.ascontiguousarray(keys[pick]), np.ascontiguousarray(perm[pick])
+        sizes = []
+        for fz, lg in opts:
+            got = _encode_with(ks, ps, len(pick), n, 1, len(pick), fz, lg)
+            sizes.append(np.inf if got is None else len(got[1]))
+        opts = [opts[int(np.argmin(sizes))]]
     result = None
-    for fz in fz_opts:
-        for lg in lag_opts:
-            got = _encode_with(keys, perm, rows, n, lanes, seg, fz, lg)
-            if got is None:
-                raise ValueError("model codec: the given frozen columns change their order in some row")
-            if result is None or len(got[1]) < len(result[1]):
-                result = got
+    for fz, lg in opts:
+        got = _encode_with(keys, perm, rows, n, lanes, seg, fz, lg)
+        if got is None:
+            raise ValueError("model codec: the given frozen columns change their order in some row")
+        if result is None or len(got[1]) < len(result[1]):
+            result = got
     return result
+
+
+PROSPECT_WEIGHTS = 1 << 15   # weights of the sample that ``prospect`` codes
+WORTH = 0.995                # ``worth``: run the full encode where the sample codes below this
+
+
+def prospect(perm: np.ndarray, values: np.ndarray) -> float:
+    """model bits / information limit on about PROSPECT_WEIGHTS weights of evenly spaced rows: the
+    smaller of the cheapest options (no frozen columns, no lags) and the frozen columns and lags
+    found on the sample itself. Deterministic; milliseconds whatever the tensor's size."""
+    from ..perm import info_bits
+    rows, n = perm.shape
+    if rows * n == 0:
+        return 1.0
+    pick = sample_rows(rows, n, PROSPECT_WEIGHTS)
+    v = np.ascontiguousarray(values[pick])
+    limit = info_bits(v)
+    if limit <= 0:
+        return 0.0
+    k, p = keys_of(v), np.ascontiguousarray(perm[pick], np.int64)
+    best = len(_encode_with(k, p, len(pick), n, 1, len(pick), None, [])[1])
+    fz, lg = find_frozen(k, p), find_lags(k, p)
+    if fz is not None or lg:
+        best = min(best, len(_encode_with(k, p, len(pick), n, 1, len(pick), fz, lg)[1]))
+    return best * 8 / limit
+
+
+def worth(perm: np.ndarray, values: np.ndarray) -> bool:
+    """Whether save(codec="auto") should run the full ``model`` encode beside ``uniform``: always
+    for tensors up to EXACT_TRIALS weights, else where ``prospect`` < WORTH. It only decides whether
+    ``model`` is tried, never the bits of a ``model`` encoding."""
+    rows, n = perm.shape
+    return rows * n <= EXACT_TRIALS or prospect(perm, values) < WORTH
 
 
 def check_payload(params: dict, payload, rows: int, n: int) -> None:
