@@ -262,9 +262,10 @@ def plot(res, path):
         ys = [row["codecs"][c].get("ratio_to_limit") or np.nan for row in res["cases"]]
         ax1.bar(x + i * width - 0.4 + width / 2, ys, width, label=c)
     ax1.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax1.set_ylim(0, 2.5)
     ax1.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
     ax1.set_ylabel("permuted bits / information limit")
-    ax1.set_title("Size against the information limit")
+    ax1.set_title("Size against the information limit (axis cut at 2.5)")
     ax1.legend(fontsize=8)
     big = max(res["cases"], key=lambda r: r["elements"])
     for c in codec_names:
