@@ -155,6 +155,17 @@ def _cdf_at(j, c, vlo, r, P, pb, base, E, W, winv, bk):
 
 
 @njit(inline="always")
+def _cdf_near(j, c, vlo, r, P, pb, base, E, W, winv, bk, G, T, d0, w):
+    """F(j), reusing (G, T, d0, w) when j's offset falls in that bucket."""
+    if j == r:
+        return M
+    d = j - c
+    if d0 <= d < d0 + w:
+        return G if w == 1 else G + ((d - d0) * T) // w
+    return _cdf_at(j, c, vlo, r, P, pb, base, E, W, winv, bk)
+
+
+@njit(inline="always")
 def _window(P, pb, c, vlo, r, bk):
     """(xs, xe, base = P[xs], W, 1/W, E) of a symbol: its valid layout range and the §6 sums."""
     xs = SIDE - (bk[c - vlo - 1] + 1) if c > vlo else SIDE
@@ -304,9 +315,11 @@ def _encode_segment(keys, perm, frozen, lags, lo_row, hi_row, cum, freq):
                 return 1              # the frozen set does not hold in this row
             pb = ctx * PB
             xs, xe, base, W, winv, E = _window(P, pb, c, vlo, r, bk)
-            c0 = _cdf_at(a, c, vlo, r, P, pb, base, E, W, winv, bk)
+            da = a - c
+            G, T, d0, w = _slots(P, pb, _layout(da, bk), base, E, W, winv, c, vlo, r)
+            c0 = G if w == 1 else G + ((da - d0) * T) // w
             cum[k] = c0
-            freq[k] = _cdf_at(e, c, vlo, r, P, pb, base, E, W, winv, bk) - c0
+            freq[k] = _cdf_near(e, c, vlo, r, P, pb, base, E, W, winv, bk, G, T, d0, w) - c0
             k += 1
             _credit(P, pb, a, e, c, bk)
             rem[cf] -= 1
@@ -392,8 +405,8 @@ def _decode_segment(keys, frozen, lags, lo_row, hi_row, lanes, words, wlo, whi, 
             j = c + d0 + ((s - G + 1) * w - 1) // T
             cf, a = _fen_find(fen, ncls, top, j)
             e = a + rem[cf]
-            c0 = _cdf_at(a, c, vlo, r, P, pb, base, E, W, winv, bk)
-            f = _cdf_at(e, c, vlo, r, P, pb, base, E, W, winv, bk) - c0
+            c0 = _cdf_near(a, c, vlo, r, P, pb, base, E, W, winv, bk, G, T, d0, w)
+            f = _cdf_near(e, c, vlo, r, P, pb, base, E, W, winv, bk, G, T, d0, w) - c0
             xs = f * (xs >> PREC) + s - c0
             if xs < LOW:
                 if p >= whi:
