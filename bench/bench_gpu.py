@@ -57,7 +57,8 @@ def cpu_speed():
     rng = np.random.default_rng(1)
     print("| rows x n | kind | encode M/s | decode M/s (codec only) |")
     print("|---|---|---|---|")
-    for rows, n, kind in ((8192, 784, "fp32"), (1024, 4096, "fp32"), (40000, 100, "fp32"), (8192, 784, "pruned50")):
+    for rows, n, kind in ((8192, 784, "fp32"), (1024, 4096, "fp32"), (40000, 100, "fp32"),
+                            (8192, 784, "pruned50"), (8192, 784, "pruned90"), (8192, 784, "float16")):
         v = rows_of(kind, rows, n, rng)
         p = P.find(v, np.take_along_axis(v, np.argsort(rng.random(v.shape), 1), 1))
         packed.decode(*packed.encode(p, v), v)  # compile

@@ -144,3 +144,11 @@ def test_worked_examples_of_the_spec():
     assert p.tolist() == [[1, 0, 2, 3, 4, 5]]
     assert packed.encode(p, v) == ({"name": "packed", "ties": True}, b"\x90")
     assert packed.schedule(packed.PERM, 4, 1).tolist() == [5, 0, 0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_many_rows_blocks(kind):
+    """More rows than a parallel block (64): block edges that share a byte, mixed row layouts."""
+    for rows, n in ((200, 13), (130, 3), (70, 57)):
+        v = make(kind, rows, n, 0.5, rows + n)
+        roundtrip(v, trained(v, rows))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import order_keys
 from ..errors import FormatError
 from . import packed as _P
 
@@ -29,7 +28,17 @@ if _nb is not None:
 
     @_nb.njit(cache=True)
     def _bitlen(v):
+        """Bit length of 0 <= v < 2**63."""
         b = 0
+        if v >> 32:
+            v >>= 32
+            b += 32
+        if v >> 16:
+            v >>= 16
+            b += 16
+        if v >> 8:
+            v >>= 8
+            b += 8
         while v:
             v >>= 1
             b += 1
@@ -166,30 +175,250 @@ if _nb is not None:
                     out[r0, f0[d0]] = t + 1
                     f0[d0] = f0[R - 1]
                 out[r0, f0[0]] = 0
-                bad[r] = x0 != 0
+                bad[r0] = x0 != 0
                 r += 1
 
+    @_nb.njit(cache=True, inline="always")
+    def _okey(b, width):
+        """dtypes.order_keys of one bit pattern, as uint64."""
+        v = _u64(b)
+        sign = _u64(1) << _u64(width - 1)
+        if v & sign:
+            return v ^ ((sign - _u64(1)) | sign)
+        return v | sign
+
+    @_nb.njit(cache=True)
+    def _sorted_classes(row, width, kbuf):
+        """A stable argsort of the row's order keys (classes contiguous, members increasing)."""
+        for i in range(row.shape[0]):
+            kbuf[i] = _okey(row[i], width)
+        return np.argsort(kbuf, kind="mergesort")
+
     @_nb.njit(cache=True, parallel=True)
-    def _dec_general(words, n, rows, order, start, mode, p, big, m, offs, tix, tables, out, bad):
+    def _scan(raw, m, k, nrep, lkey):
+        """Per row, without sorting: the number of classes k, the largest class's size m, the
+        number of classes with several members, and the bit pattern of L (among the largest
+        classes, the one met first in source order). The all-zero pattern (+0.0, pruned weights)
+        is counted apart, branch free; the other patterns go through a hash table in which 0
+        marks an empty slot."""
+        rows, n = raw.shape
+        size = 1
+        while size < 4 * n:
+            size <<= 1
+        mask = _u64(size - 1)
+        shift = _u64(64 - max(_bitlen(size - 1), 1))
+        zero = raw.dtype.type(0)
         for b in _nb.prange((rows + BLOCK - 1) // BLOCK):
-            free = np.empty(n, np.int32)
-            slot_of = np.empty(n, np.int32)
+            table = np.zeros(size, raw.dtype)
+            cnt = np.empty(size, np.int64)
+            uniq = np.empty(max(n, 1), np.int64)
+            nzi = np.empty(n + 1, np.int64)
+            for r in range(b * BLOCK, min(rows, (b + 1) * BLOCK)):
+                row = raw[r]
+                nnz = 0
+                for j in range(n):
+                    nzi[nnz] = j
+                    nnz += row[j] != zero
+                nu = 0
+                for i in range(nnz):
+                    key = row[nzi[i]]
+                    h = (_u64(key) * _u64(0x9E3779B97F4A7C15)) >> shift
+                    while True:
+                        t = table[h]
+                        if t == zero:
+                            table[h] = key
+                            cnt[h] = 1
+                            uniq[nu] = h
+                            nu += 1
+                            break
+                        if t == key:
+                            cnt[h] += 1
+                            break
+                        h = (h + _u64(1)) & mask
+                best = 0
+                big = 0
+                rep = 0
+                for i in range(nu):  # uniq is in order of first occurrence
+                    c = cnt[uniq[i]]
+                    if c > best:
+                        best = c
+                        big = uniq[i]
+                    rep += c > 1
+                lk = table[big] if nu else zero
+                for i in range(nu):
+                    table[uniq[i]] = zero
+                z = n - nnz
+                if z:
+                    nu += 1
+                    rep += z > 1
+                    if z > best:
+                        best = z
+                        lk = zero
+                    elif z == best:  # equal sizes: the class met first
+                        j = 0
+                        while row[j] != zero and row[j] != lk:
+                            j += 1
+                        if row[j] == zero:
+                            lk = zero
+                m[r] = best
+                k[r] = nu
+                nrep[r] = rep
+                lkey[r] = lk
+
+    @_nb.njit(cache=True)
+    def _bits_of(mode, n, ps, out):
+        scratch = np.zeros(max(n, 1), np.uint8)
+        for i in range(ps.shape[0]):
+            out[i] = _schedule(mode, n, ps[i], scratch)
+
+    @_nb.njit(cache=True, inline="always")
+    def _one_split(row, key, items, lm, free, orow):
+        """Items (sources not holding L's pattern, increasing) and L's members, branch free;
+        returns the number of items."""
+        T = 0
+        nl = 0
+        for s in range(row.shape[0]):
+            e = np.int64(row[s] == key)
+            items[T] = s
+            lm[nl] = s
+            T += 1 - e
+            nl += e
+            free[s] = s
+            orow[s] = -1
+        return T
+
+    @_nb.njit(cache=True, inline="always")
+    def _one_fill(orow, lm):
+        """L's members, increasing, into the slots left (marked -1), increasing."""
+        j2 = 0
+        for j in range(orow.shape[0]):
+            v = orow[j]
+            e = np.int64(v < 0)
+            orow[j] = lm[j2] if e else v
+            j2 += e
+
+    @_nb.njit(cache=True, inline="always")
+    def _one_chain(words, n, K, pos, x, t0, T, inv, items, free, orow):
+        for t in range(t0, T):
+            R = n - t
+            kk = np.int64(K[t])
+            x, d = _digit(words, pos, kk, x, R, inv[t])
+            pos += kk
+            orow[free[d]] = items[t]
+            free[d] = free[R - 1]
+        return x
+
+    @_nb.njit(cache=True, parallel=True)
+    def _dec_one(words, n, idx, raw, lkey, tix, tables, offs, out, bad):
+        """PERM rows whose only repeated value is L's (pruned zeros, a constant): L's members are
+        the positions holding L's bit pattern, no class search. Four rows at a time: their
+        radices agree (n - t), so their division chains overlap up to the shortest row."""
+        inv = np.empty(max(n, 1), np.float64)
+        for t in range(n):
+            inv[t] = 1.0 / (n - t)
+        rows = idx.shape[0]
+        for b in _nb.prange((rows + BLOCK - 1) // BLOCK):
+            free = np.empty((4, n), np.int64)
+            items = np.empty((4, n + 1), np.int64)
+            lm = np.empty((4, n + 1), np.int64)
+            hi = min(rows, (b + 1) * BLOCK)
+            i = b * BLOCK
+            while i + 4 <= hi:
+                r0, r1, r2, r3 = idx[i], idx[i + 1], idx[i + 2], idx[i + 3]
+                o0, o1, o2, o3 = out[r0], out[r1], out[r2], out[r3]
+                f0, f1, f2, f3 = free[0], free[1], free[2], free[3]
+                i0, i1, i2, i3 = items[0], items[1], items[2], items[3]
+                T0 = _one_split(raw[r0], lkey[r0], i0, lm[0], f0, o0)
+                T1 = _one_split(raw[r1], lkey[r1], i1, lm[1], f1, o1)
+                T2 = _one_split(raw[r2], lkey[r2], i2, lm[2], f2, o2)
+                T3 = _one_split(raw[r3], lkey[r3], i3, lm[3], f3, o3)
+                K0, K1, K2, K3 = tables[tix[r0]], tables[tix[r1]], tables[tix[r2]], tables[tix[r3]]
+                p0, p1, p2, p3 = offs[r0], offs[r1], offs[r2], offs[r3]
+                x0 = np.int64(0)
+                x1 = np.int64(0)
+                x2 = np.int64(0)
+                x3 = np.int64(0)
+                Tm = min(min(T0, T1), min(T2, T3))
+                for t in range(Tm):
+                    R = n - t
+                    ir = inv[t]
+                    k0 = np.int64(K0[t])
+                    k1 = np.int64(K1[t])
+                    k2 = np.int64(K2[t])
+                    k3 = np.int64(K3[t])
+                    x0, d0 = _digit(words, p0, k0, x0, R, ir)
+                    x1, d1 = _digit(words, p1, k1, x1, R, ir)
+                    x2, d2 = _digit(words, p2, k2, x2, R, ir)
+                    x3, d3 = _digit(words, p3, k3, x3, R, ir)
+                    p0 += k0
+                    p1 += k1
+                    p2 += k2
+                    p3 += k3
+                    o0[f0[d0]] = i0[t]
+                    f0[d0] = f0[R - 1]
+                    o1[f1[d1]] = i1[t]
+                    f1[d1] = f1[R - 1]
+                    o2[f2[d2]] = i2[t]
+                    f2[d2] = f2[R - 1]
+                    o3[f3[d3]] = i3[t]
+                    f3[d3] = f3[R - 1]
+                bad[r0] = _one_chain(words, n, K0, p0, x0, Tm, T0, inv, i0, f0, o0) != 0
+                bad[r1] = _one_chain(words, n, K1, p1, x1, Tm, T1, inv, i1, f1, o1) != 0
+                bad[r2] = _one_chain(words, n, K2, p2, x2, Tm, T2, inv, i2, f2, o2) != 0
+                bad[r3] = _one_chain(words, n, K3, p3, x3, Tm, T3, inv, i3, f3, o3) != 0
+                _one_fill(o0, lm[0])
+                _one_fill(o1, lm[1])
+                _one_fill(o2, lm[2])
+                _one_fill(o3, lm[3])
+                i += 4
+            while i < hi:
+                r0 = idx[i]
+                o0 = out[r0]
+                T0 = _one_split(raw[r0], lkey[r0], items[0], lm[0], free[0], o0)
+                bad[r0] = _one_chain(words, n, tables[tix[r0]], offs[r0], np.int64(0), 0, T0, inv, items[0],
+                                     free[0], o0) != 0
+                _one_fill(o0, lm[0])
+                i += 1
+
+    @_nb.njit(cache=True, parallel=True)
+    def _dec_general(words, n, idx, raw, width, mode, p, tix, tables, offs, out, bad):
+        """Any row (several repeated values, SEQ): classes from a stable sort of the row's keys."""
+        rows = idx.shape[0]
+        for b in _nb.prange((rows + BLOCK - 1) // BLOCK):
+            free = np.empty(n, np.int64)
+            slot_of = np.empty(n, np.int64)
             mark = np.zeros(n, np.bool_)
+            srow = np.zeros(n, np.bool_)
+            kbuf = np.empty(n, np.uint64)
             tmp = np.empty(n, np.int64)
             cstart = np.empty(n + 1, np.int64)
             used = np.zeros(n, np.int64)
-            for r in range(b * BLOCK, min(rows, (b + 1) * BLOCK)):
+            for i in range(b * BLOCK, min(rows, (b + 1) * BLOCK)):
+                r = idx[i]
+                ordr = _sorted_classes(raw[r], width, kbuf)
+                bg = 0
+                ms = 0
+                a = 0
+                while a < n:  # runs of equal keys = classes; L: longest, then smallest member
+                    e = a + 1
+                    while e < n and kbuf[ordr[e]] == kbuf[ordr[a]]:
+                        e += 1
+                    srow[a] = True
+                    for j in range(a + 1, e):
+                        srow[j] = False
+                    if e - a > ms or (e - a == ms and ordr[a] < ordr[bg]):
+                        ms = e - a
+                        bg = a
+                    a = e
                 K = tables[tix[r]]
                 pos = offs[r]
                 x = np.int64(0)
                 orow = out[r]
-                ordr = order[r]
-                srow = start[r]
                 if mode[r] == 1:  # SEQ: the class of every position
                     k = 0
-                    for i in range(n):
-                        if srow[i]:
-                            cstart[k] = i
+                    for j in range(n):
+                        if srow[j]:
+                            cstart[k] = j
                             used[k] = 0
                             k += 1
                     cstart[k] = n
@@ -206,13 +435,11 @@ if _nb is not None:
                     if x != 0:
                         bad[r] = 1
                     continue
-                ms = m[r]
-                bg = big[r]
-                for i in range(n):
-                    free[i] = i
-                    mark[i] = False
-                for i in range(bg, bg + ms):
-                    mark[ordr[i]] = True
+                for j in range(n):
+                    free[j] = j
+                    mark[j] = False
+                for j in range(bg, bg + ms):
+                    mark[ordr[j]] = True
                 t = 0
                 for s in range(n):
                     if mark[s]:
@@ -235,161 +462,200 @@ if _nb is not None:
                     while e < n and not srow[e]:
                         e += 1
                     if e - a > 1 and a != bg:
-                        for i in range(a, e):
-                            tmp[i - a] = slot_of[ordr[i]]
+                        for j in range(a, e):
+                            tmp[j - a] = slot_of[ordr[j]]
                         sl = np.sort(tmp[:e - a])
-                        for i in range(a, e):
-                            orow[sl[i - a]] = ordr[i]
+                        for j in range(a, e):
+                            orow[sl[j - a]] = ordr[j]
                     a = e
                 sl = np.sort(free[:ms])
-                for i in range(ms):
-                    orow[sl[i]] = ordr[bg + i]
+                for j in range(ms):
+                    orow[sl[j]] = ordr[bg + j]
+
+    @_nb.njit(cache=True, inline="always")
+    def _emit(out, edge, b, o, fb, lb, byte):
+        if o == fb:
+            edge[b, 0] |= byte
+        elif o == lb:
+            edge[b, 1] |= byte
+        else:
+            out[o] = byte
 
     @_nb.njit(cache=True, parallel=True)
-    def _tied_rows(keys, out):
-        """out[r] = True where row r repeats a key (open addressing, one table per task)."""
-        rows, n = keys.shape
-        size = 1
-        while size < 2 * n:
-            size <<= 1
-        shift = _u64(64 - max(_bitlen(size - 1), 1))
-        for b in _nb.prange((rows + BLOCK - 1) // BLOCK):
-            table = np.empty(size, keys.dtype)
-            stamp = np.full(size, -1, np.int64)
-            for r in range(b * BLOCK, min(rows, (b + 1) * BLOCK)):
-                for j in range(n):
-                    key = keys[r, j]
-                    h = np.int64((_u64(key) * _u64(0x9E3779B97F4A7C15)) >> shift)
-                    while stamp[h] == r:
-                        if table[h] == key:
-                            out[r] = True
-                            break
-                        h = (h + 1) & (size - 1)
-                    if out[r]:
-                        break
-                    stamp[h] = r
-                    table[h] = key
-
-    @_nb.njit(cache=True, parallel=True)
-    def _enc_rows(perm, n, rows, order, start, mode, p, big, m, tix, tables, chunks):
-        """Per row: the chunk value read before every digit (reverse pass of the state machine)."""
+    def _enc(perm, raw, width, ties, mode, p, lkey, tix, tables, offs, out, edge):
+        """Every row's digits, the reverse pass of the state machine and the bits, written in
+        parallel by blocks of rows; a block's first and last bytes (shared with its neighbours)
+        go to ``edge`` and are merged afterwards."""
+        rows, n = perm.shape
         for b in _nb.prange((rows + BLOCK - 1) // BLOCK):
             free = np.empty(n, np.int64)
             where = np.empty(n, np.int64)
             inv = np.empty(n, np.int64)
-            mark = np.zeros(n, np.bool_)
+            items = np.empty(n + 1, np.int64)
             digits = np.empty(n, np.int64)
+            chunks = np.empty(n, np.int64)
             cls = np.empty(n, np.int64)
-            for r in range(b * BLOCK, min(rows, (b + 1) * BLOCK)):
+            kbuf = np.empty(n, np.uint64)
+            r0 = b * BLOCK
+            r1 = min(rows, r0 + BLOCK)
+            if offs[r1] == offs[r0]:
+                continue
+            fb = offs[r0] >> 3
+            lb = (offs[r1] - 1) >> 3
+            o = fb
+            acc = _u64(0)
+            nacc = offs[r0] & 7  # leading bits of the first byte belong to the previous block
+            for r in range(r0, r1):
                 K = tables[tix[r]]
                 prow = perm[r]
-                if mode[r] == 1:
+                if mode[r] == 1:  # SEQ: digit j is the class of perm[j]
+                    ordr = _sorted_classes(raw[r], width, kbuf)
                     c = -1
                     for i in range(n):
-                        if start[r, i]:
+                        if i == 0 or kbuf[ordr[i]] != kbuf[ordr[i - 1]]:
                             c += 1
-                        cls[order[r, i]] = c
+                        cls[ordr[i]] = c
                     for j in range(n):
                         digits[j] = cls[prow[j]]
                     T = n
                 else:
+                    T = 0
+                    if ties:  # items: the sources outside L, increasing (branch free)
+                        row = raw[r]
+                        key = lkey[r]
+                        for s in range(n):
+                            items[T] = s
+                            T += row[s] != key
+                    else:
+                        for s in range(1, n):
+                            items[T] = s
+                            T += 1
                     for j in range(n):
                         inv[prow[j]] = j
                         free[j] = j
                         where[j] = j
-                        mark[j] = False
-                    if order.shape[0] == 0:
-                        mark[0] = True
-                    else:
-                        for i in range(big[r], big[r] + m[r]):
-                            mark[order[r, i]] = True
-                    t = 0
-                    for s in range(n):
-                        if mark[s]:
-                            continue
-                        slot = inv[s]
-                        d = where[slot]
+                    for t in range(T):
+                        d = where[inv[items[t]]]
                         last = free[n - t - 1]
                         free[d] = last
                         where[last] = d
                         digits[t] = d
-                        t += 1
-                    T = t
                 x = np.int64(0)
+                pr = p[r]
                 for t in range(T - 1, -1, -1):
-                    R = p[r] if mode[r] == 1 else n - t
+                    R = pr if mode[r] == 1 else n - t
                     x = x * R + digits[t]
-                    k = K[t]
-                    chunks[r, t] = x & ((np.int64(1) << k) - 1)
-                    x >>= k
+                    kk = K[t]
+                    chunks[t] = x & ((np.int64(1) << kk) - 1)
+                    x >>= kk
+                for t in range(T):
+                    kk = np.int64(K[t])
+                    v = _u64(chunks[t])
+                    if kk > 24:  # acc holds nacc < 32 pending bits: push the high part first
+                        acc = (acc << _u64(kk - 24)) | (v >> _u64(24))
+                        nacc += kk - 24
+                        v &= _u64(0xFFFFFF)
+                        kk = 24
+                        if nacc >= 32:
+                            nacc -= 32
+                            w = acc >> _u64(nacc)
+                            _emit(out, edge, b, o, fb, lb, np.uint8((w >> _u64(24)) & _u64(0xFF)))
+                            _emit(out, edge, b, o + 1, fb, lb, np.uint8((w >> _u64(16)) & _u64(0xFF)))
+                            _emit(out, edge, b, o + 2, fb, lb, np.uint8((w >> _u64(8)) & _u64(0xFF)))
+                            _emit(out, edge, b, o + 3, fb, lb, np.uint8(w & _u64(0xFF)))
+                            o += 4
+                            acc &= (_u64(1) << _u64(nacc)) - _u64(1)
+                    acc = (acc << _u64(kk)) | v
+                    nacc += kk
+                    if nacc >= 32:
+                        nacc -= 32
+                        w = acc >> _u64(nacc)
+                        _emit(out, edge, b, o, fb, lb, np.uint8((w >> _u64(24)) & _u64(0xFF)))
+                        _emit(out, edge, b, o + 1, fb, lb, np.uint8((w >> _u64(16)) & _u64(0xFF)))
+                        _emit(out, edge, b, o + 2, fb, lb, np.uint8((w >> _u64(8)) & _u64(0xFF)))
+                        _emit(out, edge, b, o + 3, fb, lb, np.uint8(w & _u64(0xFF)))
+                        o += 4
+                        acc &= (_u64(1) << _u64(nacc)) - _u64(1)
+            while nacc >= 8:
+                nacc -= 8
+                _emit(out, edge, b, o, fb, lb, np.uint8((acc >> _u64(nacc)) & _u64(0xFF)))
+                o += 1
+            if nacc:
+                _emit(out, edge, b, o, fb, lb, np.uint8((acc << _u64(8 - nacc)) & _u64(0xFF)))
 
     @_nb.njit(cache=True)
-    def _write(chunks, tix, tables, T, out):
-        acc = _u64(0)
-        nacc = 0
-        o = 0
-        for r in range(chunks.shape[0]):
-            K = tables[tix[r]]
-            for t in range(T[r]):
-                k = K[t]
-                if k == 0:
-                    continue
-                v = _u64(chunks[r, t])
-                # acc holds nacc < 8 pending bits; k <= 38 so acc never exceeds 46 bits
-                acc = (acc << _u64(k)) | v
-                nacc += k
-                while nacc >= 8:
-                    nacc -= 8
-                    out[o] = np.uint8((acc >> _u64(nacc)) & _u64(0xFF))
-                    o += 1
-                acc &= (_u64(1) << _u64(nacc)) - _u64(1)
-        if nacc:
-            out[o] = np.uint8((acc << _u64(8 - nacc)) & _u64(0xFF))
+    def _merge_edges(out, edge, offs, rows):
+        for b in range((rows + BLOCK - 1) // BLOCK):
+            r0 = b * BLOCK
+            r1 = min(rows, r0 + BLOCK)
+            if offs[r1] == offs[r0]:
+                continue
+            out[offs[r0] >> 3] |= edge[b, 0]
+            out[(offs[r1] - 1) >> 3] |= edge[b, 1]
 
 
 # ---- drivers -------------------------------------------------------------------------------
-def _tables(n, keys_modes):
-    """Distinct (mode, p) -> row of a uint8 table, and each one's bits."""
-    uniq = sorted(set(keys_modes))
-    tables = np.zeros((len(uniq), n), np.uint8)
-    bits = np.empty(len(uniq), np.int64)
-    for i, (mode, p) in enumerate(uniq):
-        bits[i] = _schedule(mode, n, p, tables[i])
-    return {u: i for i, u in enumerate(uniq)}, tables, bits
+def _raw(values):
+    """Bit patterns of rows x n values: equal patterns <=> equal order keys."""
+    return np.ascontiguousarray(values).view(np.dtype(f"u{values.dtype.itemsize}"))
 
 
-def _layout(keys, ties):
-    """Everything the row loops need: order, start, per-row mode, p, big, m, table index, tables,
-    row bits."""
-    rows, n = keys.shape
-    if not ties:
-        index, tables, bits = _tables(n, [(0, 1)])
-        one = np.ones(rows, np.int64)
-        return (np.empty((0, n), np.int64), np.empty((0, n), np.bool_), np.zeros(rows, np.int64), one,
-                np.zeros(rows, np.int64), one, np.zeros(rows, np.int64), tables, np.full(rows, bits[0]))
-    order, start, big, m, k = _P.classes(keys)
-    # PERM (largest class m) or SEQ (k classes) per row: whichever takes fewer bits
-    scratch = np.zeros(n, np.uint8)
-    perm_bits = {int(v): _schedule(0, n, int(v), scratch) for v in np.unique(m)}
-    seq_bits = {int(v): _schedule(1, n, int(v), scratch) for v in np.unique(k) if v > 1}
-    choose_seq = np.array([kk > 1 and seq_bits[kk] < perm_bits[mm] for mm, kk in zip(m.tolist(), k.tolist())], bool)
-    modes = choose_seq.astype(np.int64)
-    p = np.where(choose_seq, k, m).astype(np.int64)
-    index, tables, bits = _tables(n, list(zip(modes.tolist(), p.tolist())))
-    tix = np.array([index[(a, b)] for a, b in zip(modes.tolist(), p.tolist())], np.int64)
-    return order, start, modes, p, big, m, tix, tables, bits[tix]
+def _classes(raw):
+    rows = raw.shape[0]
+    m = np.empty(rows, np.int64)
+    k = np.empty(rows, np.int64)
+    nrep = np.empty(rows, np.int64)
+    lkey = np.empty(rows, raw.dtype)
+    _scan(raw, m, k, nrep, lkey)
+    return m, k, nrep, lkey
 
 
-def encode(perm, keys, ties) -> bytes:
+def _layout(n, m, k):
+    """Per row: mode (PERM 0 / SEQ 1), p, index into the schedule tables, bits; the tables."""
+    um, im = np.unique(m, return_inverse=True)
+    uk, ik = np.unique(k, return_inverse=True)
+    pb = np.empty(um.size, np.int64)
+    sb = np.empty(uk.size, np.int64)
+    _bits_of(0, n, um, pb)
+    _bits_of(1, n, np.maximum(uk, 1), sb)
+    seq = (k > 1) & (sb[ik.ravel()] < pb[im.ravel()])
+    mode = seq.astype(np.int64)
+    p = np.where(seq, k, m).astype(np.int64)
+    uniq, tix = np.unique(mode * (n + 1) + p, return_inverse=True)
+    tix = tix.ravel().astype(np.int64)
+    tables = np.zeros((uniq.size, max(n, 1)), np.uint8)
+    bits = np.empty(uniq.size, np.int64)
+    for i, u in enumerate(uniq.tolist()):
+        bits[i] = _schedule(u // (n + 1), n, u % (n + 1), tables[i])
+    return mode, p, tix, tables, bits[tix]
+
+
+def _offsets(rbits):
+    offs = np.zeros(rbits.size + 1, np.int64)
+    np.cumsum(rbits, out=offs[1:])
+    return offs
+
+
+def encode(perm, values):
+    """(ties, payload) for the canonical ``perm`` of ``values`` (rows x n)."""
     rows, n = perm.shape
-    order, start, modes, p, big, m, tix, tables, rbits = _layout(keys, ties)
-    T = np.where(modes == 1, n, n - m)
-    chunks = np.zeros((rows, max(n, 1)), np.int64)
-    _enc_rows(np.ascontiguousarray(perm, np.int64), n, rows, order, start, modes, p, big, m, tix, tables, chunks)
-    total = int(rbits.sum())
-    out = np.zeros((total + 7) // 8, np.uint8)
-    _write(chunks, tix, tables, T, out)
-    return out.tobytes()
+    raw = _raw(values.reshape(rows, n))
+    m, k, nrep, lkey = _classes(raw)
+    ties = bool(rows and n and nrep.any())
+    if ties:
+        mode, p, tix, tables, rbits = _layout(n, m, k)
+    else:
+        tables = np.zeros((1, max(n, 1)), np.uint8)
+        rbits = np.full(rows, _schedule(0, n, 1, tables[0]), np.int64)
+        mode, p, tix = np.zeros(rows, np.int64), np.ones(rows, np.int64), np.zeros(rows, np.int64)
+    offs = _offsets(rbits)
+    out = np.zeros((int(offs[-1]) + 7) // 8, np.uint8)
+    edge = np.zeros(((rows + BLOCK - 1) // BLOCK, 2), np.uint8)
+    if n:
+        _enc(np.ascontiguousarray(perm, np.int64), raw, raw.dtype.itemsize * 8, ties, mode, p, lkey, tix, tables,
+             offs, out, edge)
+        _merge_edges(out, edge, offs, rows)
+    return ties, out.tobytes()
 
 
 def _words(payload):
@@ -406,27 +672,26 @@ def decode(params, payload, values) -> np.ndarray:
     bad = np.zeros(rows, np.int8)
     K = np.zeros(max(n, 1), np.uint8)
     rowbits = int(_schedule(0, n, 1, K))
-    bits = np.full(rows, rowbits, np.int64)
-    tied = np.zeros(rows, np.bool_)
-    if ties:  # only rows that repeat a value need their classes
-        raw = values.view(np.dtype(f"u{values.dtype.itemsize}"))  # equal keys <=> equal bit patterns
-        _tied_rows(np.ascontiguousarray(raw), tied)
-        sub = np.flatnonzero(tied)
-        if sub.size:
-            order, start, modes, p, big, m, tix, tables, rbits = _layout(order_keys(values[sub]), True)
-            bits[sub] = rbits
-    offs = np.zeros(rows, np.int64)
-    np.cumsum(bits[:-1], out=offs[1:])
-    _P.check_size(payload, int(bits.sum()))
+    if ties and rows and n:
+        raw = _raw(values)
+        m, k, nrep, lkey = _classes(raw)
+        mode, p, tix, tables, rbits = _layout(n, m, k)
+        perm_rows = mode == 0
+        distinct = np.flatnonzero(perm_rows & (nrep == 0))
+        one = np.flatnonzero(perm_rows & (nrep == 1))
+        general = np.flatnonzero(~perm_rows | (nrep > 1))
+    else:
+        rbits = np.full(rows, rowbits, np.int64)
+        distinct, one, general = np.arange(rows), (), ()
+    offs = _offsets(rbits)
+    _P.check_size(payload, int(offs[-1]))
     words = _words(payload)
     if n:
-        _dec_distinct(words, n, np.flatnonzero(~tied), K, offs, out, bad)
-    if tied.any():
-        part = np.empty((sub.size, n), np.int64)
-        pbad = np.zeros(sub.size, np.int8)
-        _dec_general(words, n, sub.size, order, start, modes, p, big, m, offs[sub], tix, tables, part, pbad)
-        out[sub] = part
-        bad[sub] = pbad
+        _dec_distinct(words, n, distinct, K, offs, out, bad)
+    if len(one):
+        _dec_one(words, n, one, raw, lkey, tix, tables, offs, out, bad)
+    if len(general):
+        _dec_general(words, n, general, raw, raw.dtype.itemsize * 8, mode, p, tix, tables, offs, out, bad)
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
         why = "does not end in state 0" if bad[r] == 1 else "places too many copies of one value"

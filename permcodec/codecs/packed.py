@@ -121,10 +121,13 @@ def encode(perm: np.ndarray, values: np.ndarray, **options):
     rows, n = perm.shape
     if n > MAX_N:
         raise PermcodecError(f"packed codes rows of at most {MAX_N} weights, not {n}: use codec='uniform'")
-    keys = order_keys(values.reshape(rows, n))
-    ties = has_ties(keys)
     from . import _packed_jit as J
-    payload = J.encode(perm, keys, ties) if J.available() else encode_reference(perm, keys, ties)
+    if J.available():
+        ties, payload = J.encode(perm, values.reshape(rows, n))
+    else:
+        keys = order_keys(values.reshape(rows, n))
+        ties = has_ties(keys)
+        payload = encode_reference(perm, keys, ties)
     return {"name": NAME, "ties": ties}, payload
 
 
