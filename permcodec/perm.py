@@ -85,6 +85,16 @@ def check(perm: np.ndarray, what: str = "permutation") -> np.ndarray:
     return perm
 
 
+def check_apply(v: np.ndarray, perm: np.ndarray, what: str = "permutation") -> np.ndarray:
+    """:func:`check` then :func:`apply`, in one compiled parallel pass where numba is present."""
+    from . import _gather_jit
+    if _gather_jit.available() and perm.size:
+        out = _gather_jit.check_apply(v, perm)
+        if out is not None:
+            return out
+    return apply(v, check(perm, what))
+
+
 def apply(v: np.ndarray, perm: np.ndarray) -> np.ndarray:
     """``w = v[perm]`` row by row."""
     return np.take_along_axis(v, perm, 1)

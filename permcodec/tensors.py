@@ -140,8 +140,8 @@ def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> n
         raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} failed on the payload: {e!r}") from None
     if not isinstance(p, np.ndarray) or p.shape != v.shape or p.dtype.kind not in "iu":
         raise FormatError(f"tensor {entry['name']!r}: codec returned {getattr(p, 'shape', p)!r}, expected {v.shape}")
-    _perm.check(p, f"permutation of {entry['name']!r} (codec {module.NAME!r})")  # whatever the codec does
-    return _perm.apply(v, p).reshape(entry["shape"])
+    # whatever the codec does, its output must be a permutation
+    return _perm.check_apply(v, p, f"permutation of {entry['name']!r} (codec {module.NAME!r})").reshape(entry["shape"])
 
 
 def decode(entry: dict, payload) -> np.ndarray:

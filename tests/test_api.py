@@ -197,3 +197,20 @@ def test_saved_file_has_the_usual_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "m.perm").stat().st_mode & 0o777 == 0o644
+
+
+@given(rows=st.integers(1, 6), n=st.integers(1, 60), seed=st.integers(0, 2**32 - 1), corrupt=st.booleans())
+def test_compiled_check_apply_equals_reference(rows, n, seed, corrupt):
+    from permcodec import perm as P
+    rng = np.random.default_rng(seed)
+    v = rng.random((rows, n)).astype(np.float32)
+    p = np.argsort(rng.random((rows, n)), axis=1)
+    if corrupt and n > 1:
+        p[rng.integers(rows), rng.integers(n)] = p[0, 0] if rng.random() < 0.5 else n
+    try:
+        want = P.apply(v, P.check(p.copy()))
+    except permcodec.FormatError:
+        with pytest.raises(permcodec.FormatError):
+            P.check_apply(v, p)
+        return
+    assert np.array_equal(P.check_apply(v, p), want)
