@@ -36,5 +36,6 @@ if _nb is not None:
 
 def check_apply(v: np.ndarray, perm: np.ndarray):
     """The gathered rows, or None if some row of ``perm`` is not a permutation."""
-    out = np.empty(perm.shape, dtype=v.dtype)
-    return None if _check_apply(np.ascontiguousarray(v), np.ascontiguousarray(perm), out) else out
+    bits = np.ascontiguousarray(v).view(np.dtype(f"u{v.dtype.itemsize}"))  # a gather moves bits only
+    out = np.empty(perm.shape, dtype=bits.dtype)
+    return None if _check_apply(bits, np.ascontiguousarray(perm), out) else out.view(v.dtype)
