@@ -8,6 +8,9 @@ perm.py (equal values' positions in increasing order map to their sources in inc
 in O(n) per row instead of two stable sorts. A value with no class, or one class used more often
 than it occurs, marks the row bad; perm.find then reports it with the reference's message.
 Tested equal to ``perm.find_reference``.
+
+``check_apply`` is the decoder's side: perm.check then perm.apply (the reference) in one parallel
+pass over rows, tested equal to them.
 """
 from __future__ import annotations
 
@@ -114,6 +117,21 @@ if _nb is not None:
         for c in _nb.prange(chunks):
             _rows(kv, kw, out, c * rows // chunks, (c + 1) * rows // chunks, ok)
 
+    @_nb.njit(cache=True, parallel=True)
+    def _check_apply(v, perm, out):
+        rows, n = perm.shape
+        bad = np.zeros(rows, np.bool_)
+        for r in _nb.prange(rows):
+            seen = np.zeros(n, np.bool_)
+            for i in range(n):
+                j = perm[r, i]
+                if j < 0 or j >= n or seen[j]:
+                    bad[r] = True
+                    break
+                seen[j] = True
+                out[r, i] = v[r, j]
+        return bad.any()
+
 
 def find(kv: np.ndarray, kw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(perm int64 rows x n, ok bool per row) from bit-pattern keys of the initial and trained rows."""
@@ -129,3 +147,10 @@ def find(kv: np.ndarray, kw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     else:
         ok[:] = True
     return out, ok
+
+
+def check_apply(v: np.ndarray, perm: np.ndarray):
+    """The gathered rows, or None if some row of ``perm`` is not a permutation."""
+    bits = np.ascontiguousarray(v).view(np.dtype(f"u{v.dtype.itemsize}"))  # a gather moves bits only
+    out = np.empty(perm.shape, dtype=bits.dtype)
+    return None if _check_apply(bits, np.ascontiguousarray(perm), out) else out.view(v.dtype)

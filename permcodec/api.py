@@ -117,15 +117,8 @@ def _atomic_write(path, write) -> int:
         except FileNotFoundError:
             pass
         raise
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    from .shards import remove_stale_temps
+    from .shards import _fsync_dir, remove_stale_temps
+    _fsync_dir(folder)
     remove_stale_temps(folder)  # left by saves killed long ago; never read
     return size
 

@@ -87,9 +87,9 @@ def check(perm: np.ndarray, what: str = "permutation") -> np.ndarray:
 
 def check_apply(v: np.ndarray, perm: np.ndarray, what: str = "permutation") -> np.ndarray:
     """:func:`check` then :func:`apply`, in one compiled parallel pass where numba is present."""
-    from . import _gather_jit
-    if _gather_jit.available() and perm.size:
-        out = _gather_jit.check_apply(v, perm)
+    from . import _perm_jit
+    if _perm_jit.available() and perm.size:
+        out = _perm_jit.check_apply(v, perm)
         if out is not None:
             return out
     return apply(v, check(perm, what))
