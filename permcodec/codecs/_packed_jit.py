@@ -195,7 +195,32 @@ if _nb is not None:
         return np.argsort(kbuf, kind="mergesort")
 
     @_nb.njit(cache=True, parallel=True)
-    def _scan(raw, m, k, nrep, lkey):
+    def _tied_rows(keys, out):
+        """out[r] = True where row r repeats a key (open addressing, one table per task)."""
+        rows, n = keys.shape
+        size = 1
+        while size < 2 * n:
+            size <<= 1
+        shift = _u64(64 - max(_bitlen(size - 1), 1))
+        for b in _nb.prange((rows + BLOCK - 1) // BLOCK):
+            table = np.empty(size, keys.dtype)
+            stamp = np.full(size, -1, np.int64)
+            for r in range(b * BLOCK, min(rows, (b + 1) * BLOCK)):
+                for j in range(n):
+                    key = keys[r, j]
+                    h = np.int64((_u64(key) * _u64(0x9E3779B97F4A7C15)) >> shift)
+                    while stamp[h] == r:
+                        if table[h] == key:
+                            out[r] = True
+                            break
+                        h = (h + 1) & (size - 1)
+                    if out[r]:
+                        break
+                    stamp[h] = r
+                    table[h] = key
+
+    @_nb.njit(cache=True, parallel=True)
+    def _scan(raw, idx, m, k, nrep, lkey):
         """Per row, without sorting: the number of classes k, the largest class's size m, the
         number of classes with several members, and the bit pattern of L (among the largest
         classes, the one met first in source order). The all-zero pattern (+0.0, pruned weights)
@@ -208,12 +233,14 @@ if _nb is not None:
         mask = _u64(size - 1)
         shift = _u64(64 - max(_bitlen(size - 1), 1))
         zero = raw.dtype.type(0)
-        for b in _nb.prange((rows + BLOCK - 1) // BLOCK):
+        nidx = idx.shape[0]
+        for b in _nb.prange((nidx + BLOCK - 1) // BLOCK):
             table = np.zeros(size, raw.dtype)
             cnt = np.empty(size, np.int64)
             uniq = np.empty(max(n, 1), np.int64)
             nzi = np.empty(n + 1, np.int64)
-            for r in range(b * BLOCK, min(rows, (b + 1) * BLOCK)):
+            for i0 in range(b * BLOCK, min(nidx, (b + 1) * BLOCK)):
+                r = idx[i0]
                 row = raw[r]
                 nnz = 0
                 for j in range(n):
@@ -606,7 +633,16 @@ def _classes(raw):
     k = np.empty(rows, np.int64)
     nrep = np.empty(rows, np.int64)
     lkey = np.empty(rows, raw.dtype)
-    _scan(raw, m, k, nrep, lkey)
+    tied = np.zeros(rows, np.bool_)
+    _tied_rows(raw, tied)  # cheap, stops at a row's first repeat; rows without one are settled
+    m.fill(1)
+    k.fill(raw.shape[1])
+    nrep.fill(0)
+    if raw.shape[1]:
+        lkey[:] = raw[:, 0]
+    sub = np.flatnonzero(tied)
+    if sub.size:
+        _scan(raw, sub, m, k, nrep, lkey)
     return m, k, nrep, lkey
 
 
