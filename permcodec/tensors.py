@@ -132,12 +132,17 @@ def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> n
     except Exception as e:
         raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} rejects the payload: {e!r}") from None
     v = initial_rows(entry) if values is None else values
+    fused = getattr(module, "decode_values", None)  # decode + check_apply in one pass (fast codecs)
     try:
-        p = module.decode(entry["codec"], payload, v)
+        p = (fused or module.decode)(entry["codec"], payload, v)
     except PermcodecError:
         raise
     except Exception as e:  # a codec must not crash on hostile bytes; report it as corrupt
         raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} failed on the payload: {e!r}") from None
+    if fused is not None:
+        if not isinstance(p, np.ndarray) or p.shape != v.shape or p.dtype != v.dtype:
+            raise FormatError(f"tensor {entry['name']!r}: codec returned {getattr(p, 'shape', p)!r}, expected {v.shape}")
+        return p.reshape(entry["shape"])
     if not isinstance(p, np.ndarray) or p.shape != v.shape or p.dtype.kind not in "iu":
         raise FormatError(f"tensor {entry['name']!r}: codec returned {getattr(p, 'shape', p)!r}, expected {v.shape}")
     # whatever the codec does, its output must be a permutation

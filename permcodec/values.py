@@ -110,11 +110,13 @@ def from_words(a: np.ndarray, b: np.ndarray, m, dist: str, scale: float, prune: 
 def cast(x: np.ndarray, dtype: str) -> np.ndarray:
     """Round binary64 values to ``dtype``; bfloat16 comes back as its uint16 bit patterns.
 
-    float16 and bfloat16 round through binary32 (round to nearest even at each step).
+    float16 and bfloat16 round through binary32 (round to nearest even at each step); a value
+    beyond the format's range becomes an infinity, as IEEE rounding says (no warning).
     """
     if dtype == "float64":
         return x
-    f32 = x.astype(np.float32)
+    with np.errstate(over="ignore"):
+        f32 = x.astype(np.float32)
     if dtype == "float32":
         return f32
     if dtype == "float16":

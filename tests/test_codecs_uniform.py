@@ -11,6 +11,10 @@ from permcodec.perm import info_bits
 DTYPES = ["float32", "float16", "bfloat16", "float64"]
 
 
+def bits(a):
+    return a.view(f"u{a.dtype.itemsize}")
+
+
 def overhead_bound(params, rows, n):
     """Bits the payload may exceed the limit by: 64 per lane, 32 per segment, 1e-4 relative."""
     nseg = -(-rows // params["segment_rows"])
@@ -27,6 +31,8 @@ def test_roundtrip_reference(rows, n, dtype, zeros, const, lanes, seg, seed):
     params, payload = uniform.encode(p, v, lanes=lanes, segment_rows=seg)
     assert np.array_equal(uniform.decode(params, payload, v), p)
     assert np.array_equal(uniform.decode_reference(params, payload, v), p)
+    w = uniform.decode_values(params, payload, v)  # the fused decoder load uses
+    assert w.dtype == v.dtype and np.array_equal(bits(w), bits(np.take_along_axis(v, p, 1)))
     assert len(payload) * 8 <= info_bits(v) * 1.0001 + overhead_bound(params, rows, n)
 
 
@@ -78,12 +84,22 @@ def test_hostile_bytes(data, rows, n, lanes, seg, extra):
     params = {"name": "uniform", "lanes": lanes, "segment_rows": seg}
     if extra:
         params["x"] = 1
+    got = []
     for dec in (uniform.decode, uniform.decode_reference):
         try:
             p = dec(params, data, v)
         except FormatError:
+            got.append(None)
             continue
         assert p.shape == v.shape and all(sorted(r) == list(range(n)) for r in p.tolist())
+        got.append(p)
+    try:
+        w = uniform.decode_values(params, data, v)
+    except FormatError:
+        w = None
+    assert (w is None) == (got[0] is None)
+    if w is not None:
+        assert np.array_equal(bits(w), bits(np.take_along_axis(v, got[0], 1)))
 
 
 def test_corrupted_payload_is_caught():

@@ -11,6 +11,10 @@ for the tie structure and the initial rank order. ``params`` go into the header 
 values only) and change the bits; options that only change speed do not appear in them.
 ``decode`` must return a valid permutation or raise FormatError, for any bytes.
 
+An optional ``decode_values(params, payload, values) -> rearranged values`` (values' dtype and
+shape) is what ``decode`` followed by perm.check_apply gives, in one pass; the loader prefers it.
+It must check the permutation property itself (``_perm_jit.put_row`` does it while gathering).
+
 An optional ``worth(perm, values) -> bool`` lets save(codec="auto") skip a slow codec where a
 cheap deterministic look ahead says it will not be the smallest (it never changes a codec's bits).
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _perm_jit
 from ..errors import FormatError
 from . import packed as _P
 
@@ -25,6 +26,7 @@ def available() -> bool:
 
 if _nb is not None:
     _u64 = np.uint64
+    _put = _perm_jit.put_row
 
     @_nb.njit(cache=True)
     def _bitlen(v):
@@ -106,9 +108,11 @@ if _nb is not None:
         return _divmod(x, R, ir)
 
     @_nb.njit(cache=True, parallel=True)
-    def _dec_distinct(words, n, idx, K, offs, out, bad):
+    def _dec_distinct(words, n, idx, K, offs, src, out, bad):
         """Rows of distinct values (L = {0}); four rows at a time share one schedule, so their
-        independent division chains overlap."""
+        independent division chains overlap. Each row is decoded into a scratch row, then
+        out[r, j] = src[r, perm[j]] (src: the values' bit patterns, or the identity for a
+        permutation)."""
         inv = np.empty(n, np.float64)
         for t in range(n):
             inv[t] = 1.0 / (n - t)
@@ -118,6 +122,11 @@ if _nb is not None:
             f1 = np.empty(n, np.int32)
             f2 = np.empty(n, np.int32)
             f3 = np.empty(n, np.int32)
+            s0 = np.empty(n, np.int64)
+            s1 = np.empty(n, np.int64)
+            s2 = np.empty(n, np.int64)
+            s3 = np.empty(n, np.int64)
+            stamp = np.full(n, -1, np.int64)
             hi = min(rows, (b + 1) * BLOCK)
             r = b * BLOCK
             while r + 4 <= hi:
@@ -144,22 +153,22 @@ if _nb is not None:
                     p1 += k
                     p2 += k
                     p3 += k
-                    out[r0, f0[d0]] = t + 1
+                    s0[f0[d0]] = t + 1
                     f0[d0] = f0[R - 1]
-                    out[r1, f1[d1]] = t + 1
+                    s1[f1[d1]] = t + 1
                     f1[d1] = f1[R - 1]
-                    out[r2, f2[d2]] = t + 1
+                    s2[f2[d2]] = t + 1
                     f2[d2] = f2[R - 1]
-                    out[r3, f3[d3]] = t + 1
+                    s3[f3[d3]] = t + 1
                     f3[d3] = f3[R - 1]
-                out[r0, f0[0]] = 0
-                out[r1, f1[0]] = 0
-                out[r2, f2[0]] = 0
-                out[r3, f3[0]] = 0
-                bad[r0] = x0 != 0
-                bad[r1] = x1 != 0
-                bad[r2] = x2 != 0
-                bad[r3] = x3 != 0
+                s0[f0[0]] = 0
+                s1[f1[0]] = 0
+                s2[f2[0]] = 0
+                s3[f3[0]] = 0
+                bad[r0] = 1 if x0 != 0 else (0 if _put(s0, src, r0, out, stamp) else 3)
+                bad[r1] = 1 if x1 != 0 else (0 if _put(s1, src, r1, out, stamp) else 3)
+                bad[r2] = 1 if x2 != 0 else (0 if _put(s2, src, r2, out, stamp) else 3)
+                bad[r3] = 1 if x3 != 0 else (0 if _put(s3, src, r3, out, stamp) else 3)
                 r += 4
             while r < hi:
                 r0 = idx[r]
@@ -172,10 +181,10 @@ if _nb is not None:
                     k = np.int64(K[t])
                     x0, d0 = _digit(words, p0, k, x0, R, inv[t])
                     p0 += k
-                    out[r0, f0[d0]] = t + 1
+                    s0[f0[d0]] = t + 1
                     f0[d0] = f0[R - 1]
-                out[r0, f0[0]] = 0
-                bad[r0] = x0 != 0
+                s0[f0[0]] = 0
+                bad[r0] = 1 if x0 != 0 else (0 if _put(s0, src, r0, out, stamp) else 3)
                 r += 1
 
     @_nb.njit(cache=True, inline="always")
@@ -336,7 +345,7 @@ if _nb is not None:
         return x
 
     @_nb.njit(cache=True, parallel=True)
-    def _dec_one(words, n, idx, raw, lkey, tix, tables, offs, out, bad):
+    def _dec_one(words, n, idx, raw, lkey, tix, tables, offs, src, out, bad):
         """PERM rows whose only repeated value is L's (pruned zeros, a constant): L's members are
         the positions holding L's bit pattern, no class search. Four rows at a time: their
         radices agree (n - t), so their division chains overlap up to the shortest row."""
@@ -348,11 +357,13 @@ if _nb is not None:
             free = np.empty((4, n), np.int64)
             items = np.empty((4, n + 1), np.int64)
             lm = np.empty((4, n + 1), np.int64)
+            sc = np.empty((4, n), np.int64)
+            stamp = np.full(n, -1, np.int64)
             hi = min(rows, (b + 1) * BLOCK)
             i = b * BLOCK
             while i + 4 <= hi:
                 r0, r1, r2, r3 = idx[i], idx[i + 1], idx[i + 2], idx[i + 3]
-                o0, o1, o2, o3 = out[r0], out[r1], out[r2], out[r3]
+                o0, o1, o2, o3 = sc[0], sc[1], sc[2], sc[3]
                 f0, f1, f2, f3 = free[0], free[1], free[2], free[3]
                 i0, i1, i2, i3 = items[0], items[1], items[2], items[3]
                 T0 = _one_split(raw[r0], lkey[r0], i0, lm[0], f0, o0)
@@ -397,18 +408,28 @@ if _nb is not None:
                 _one_fill(o1, lm[1])
                 _one_fill(o2, lm[2])
                 _one_fill(o3, lm[3])
+                if not bad[r0] and not _put(o0, src, r0, out, stamp):
+                    bad[r0] = 3
+                if not bad[r1] and not _put(o1, src, r1, out, stamp):
+                    bad[r1] = 3
+                if not bad[r2] and not _put(o2, src, r2, out, stamp):
+                    bad[r2] = 3
+                if not bad[r3] and not _put(o3, src, r3, out, stamp):
+                    bad[r3] = 3
                 i += 4
             while i < hi:
                 r0 = idx[i]
-                o0 = out[r0]
+                o0 = sc[0]
                 T0 = _one_split(raw[r0], lkey[r0], items[0], lm[0], free[0], o0)
                 bad[r0] = _one_chain(words, n, tables[tix[r0]], offs[r0], np.int64(0), 0, T0, inv, items[0],
                                      free[0], o0) != 0
                 _one_fill(o0, lm[0])
+                if not bad[r0] and not _put(o0, src, r0, out, stamp):
+                    bad[r0] = 3
                 i += 1
 
     @_nb.njit(cache=True, parallel=True)
-    def _dec_general(words, n, idx, raw, width, mode, p, tix, tables, offs, out, bad):
+    def _dec_general(words, n, idx, raw, width, mode, p, tix, tables, offs, src, out, bad):
         """Any row (several repeated values, SEQ): classes from a stable sort of the row's keys."""
         rows = idx.shape[0]
         for b in _nb.prange((rows + BLOCK - 1) // BLOCK):
@@ -420,6 +441,8 @@ if _nb is not None:
             tmp = np.empty(n, np.int64)
             cstart = np.empty(n + 1, np.int64)
             used = np.zeros(n, np.int64)
+            orow = np.empty(n, np.int64)
+            stamp = np.full(n, -1, np.int64)
             for i in range(b * BLOCK, min(rows, (b + 1) * BLOCK)):
                 r = idx[i]
                 ordr = _sorted_classes(raw[r], width, kbuf)
@@ -440,7 +463,6 @@ if _nb is not None:
                 K = tables[tix[r]]
                 pos = offs[r]
                 x = np.int64(0)
-                orow = out[r]
                 if mode[r] == 1:  # SEQ: the class of every position
                     k = 0
                     for j in range(n):
@@ -461,6 +483,8 @@ if _nb is not None:
                         used[c] += 1
                     if x != 0:
                         bad[r] = 1
+                    if not bad[r] and not _put(orow, src, r, out, stamp):
+                        bad[r] = 3
                     continue
                 for j in range(n):
                     free[j] = j
@@ -498,6 +522,8 @@ if _nb is not None:
                 sl = np.sort(free[:ms])
                 for j in range(ms):
                     orow[sl[j]] = ordr[bg + j]
+                if not bad[r] and not _put(orow, src, r, out, stamp):
+                    bad[r] = 3
 
     @_nb.njit(cache=True, inline="always")
     def _emit(out, edge, b, o, fb, lb, byte):
@@ -702,9 +728,24 @@ def _words(payload):
 
 
 def decode(params, payload, values) -> np.ndarray:
-    ties = _P.check_params(params, values)
+    """The permutation (int64 rows x n)."""
     rows, n = values.shape
     out = np.empty((rows, n), np.int64)
+    _decode(params, payload, values, np.broadcast_to(np.arange(n, dtype=np.int64), (rows, n)), out)
+    return out
+
+
+def decode_values(params, payload, values) -> np.ndarray:
+    """The rearranged values themselves: the permutation is never materialized."""
+    src = _raw(values)
+    out = np.empty(src.shape, src.dtype)
+    _decode(params, payload, values, src, out)
+    return out.view(values.dtype)
+
+
+def _decode(params, payload, values, src, out) -> None:
+    ties = _P.check_params(params, values)
+    rows, n = values.shape
     bad = np.zeros(rows, np.int8)
     K = np.zeros(max(n, 1), np.uint8)
     rowbits = int(_schedule(0, n, 1, K))
@@ -723,13 +764,13 @@ def decode(params, payload, values) -> np.ndarray:
     _P.check_size(payload, int(offs[-1]))
     words = _words(payload)
     if n:
-        _dec_distinct(words, n, distinct, K, offs, out, bad)
+        _dec_distinct(words, n, distinct, K, offs, src, out, bad)
     if len(one):
-        _dec_one(words, n, one, raw, lkey, tix, tables, offs, out, bad)
+        _dec_one(words, n, one, raw, lkey, tix, tables, offs, src, out, bad)
     if len(general):
-        _dec_general(words, n, general, raw, raw.dtype.itemsize * 8, mode, p, tix, tables, offs, out, bad)
+        _dec_general(words, n, general, raw, raw.dtype.itemsize * 8, mode, p, tix, tables, offs, src, out, bad)
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
-        why = "does not end in state 0" if bad[r] == 1 else "places too many copies of one value"
+        why = {1: "does not end in state 0", 2: "places too many copies of one value"}.get(
+            int(bad[r]), "is not a permutation")
         raise FormatError(f"packed row {r} {why}: corrupt payload")
-    return out

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import FormatError
 from . import _rans
+from .._perm_jit import put_row as _put
 from ._rans import LOW, M, PREC, njit, prange
 
 NAME = "uniform"
@@ -282,12 +283,16 @@ def _encode_all(keys, perm, seg, lanes, nseg, out, sizes):
 
 
 @njit
-def _decode_segment(keys, lo, hi, lanes, words, wlo, whi, out):
-    """Decode rows [lo, hi) from words[wlo:whi]; returns 0, or an error code (1 bad state,
-    2 stream ends early, 3 stream does not end in the initial state)."""
+def _decode_segment(keys, lo, hi, lanes, words, wlo, whi, src, out):
+    """Decode rows [lo, hi) from words[wlo:whi] into out[r, j] = src[r, perm[j]] (src: the
+    values' bit patterns, or the identity for the permutation itself); returns 0, or an error
+    code (1 bad state, 2 stream ends early, 3 stream does not end in the initial state, 4 a row
+    is not a permutation)."""
     n = keys.shape[1]
     hbits, table, cls, count, tie_of, start, srcs, pool, used, fen = _scratch(n)
     rem = np.empty(n, np.int64)
+    orow = np.empty(n, np.int64)
+    stamp = np.full(n, -1, np.int64)
     rinv = 1.0 / np.arange(n + 1, dtype=np.float64)
     x = np.empty(lanes, np.int64)
     for l in range(lanes):
@@ -309,7 +314,6 @@ def _decode_segment(keys, lo, hi, lanes, words, wlo, whi, out):
             top = 1
             while top * 2 <= K:
                 top *= 2
-        orow = out[row]
         for i in range(n):
             r = n - i
             xs = x[lane]
@@ -342,6 +346,8 @@ def _decode_segment(keys, lo, hi, lanes, words, wlo, whi, out):
             lane += 1
             if lane == lanes:
                 lane = 0
+        if not _put(orow, src, row, out, stamp):
+            return 4
     if p != whi:
         return 3
     for l in range(lanes):
@@ -351,15 +357,15 @@ def _decode_segment(keys, lo, hi, lanes, words, wlo, whi, out):
 
 
 @njit(parallel=True)
-def _decode_all(keys, seg, lanes, words, bounds, out, err):
+def _decode_all(keys, seg, lanes, words, bounds, src, out, err):
     rows = keys.shape[0]
     for g in prange(bounds.shape[0] - 1):
         lo = g * seg
-        err[g] = _decode_segment(keys, lo, min(rows, lo + seg), lanes, words, bounds[g], bounds[g + 1], out)
+        err[g] = _decode_segment(keys, lo, min(rows, lo + seg), lanes, words, bounds[g], bounds[g + 1], src, out)
 
 
 ERRORS = {1: "a lane's initial state is outside [2**31, 2**63)", 2: "the stream ends early",
-          3: "the stream does not end in the initial state"}
+          3: "the stream does not end in the initial state", 4: "a row is not a permutation"}
 
 
 # ---- the codec interface -------------------------------------------------------------------
@@ -384,16 +390,30 @@ def check_payload(params: dict, payload, rows: int, n: int) -> None:
 
 
 def decode(params: dict, payload, values: np.ndarray) -> np.ndarray:
+    """The permutation (int64 rows x n)."""
+    rows, n = values.shape
+    out = np.empty((rows, n), np.int64)
+    _decode(params, payload, values, np.broadcast_to(np.arange(n, dtype=np.int64), (rows, n)), out)
+    return out
+
+
+def decode_values(params: dict, payload, values: np.ndarray) -> np.ndarray:
+    """The rearranged values themselves (decode, then perm.check_apply, in one pass)."""
+    src = np.ascontiguousarray(values).view(np.dtype(f"u{values.dtype.itemsize}"))
+    out = np.empty(src.shape, src.dtype)
+    _decode(params, payload, values, src, out)
+    return out.view(values.dtype)
+
+
+def _decode(params, payload, values, src, out) -> None:
     rows, n = values.shape
     lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
     nseg = _nseg(rows, n, seg)
     words, bounds = _rans.unframe(payload, nseg, lanes)
-    out = np.empty((rows, n), np.int64)
     if nseg:
         err = np.zeros(nseg, np.int64)
-        _decode_all(keys_of(values), seg, lanes, words, bounds, out, err)
+        _decode_all(keys_of(values), seg, lanes, words, bounds, src, out, err)
         bad = np.flatnonzero(err)
         if bad.size:
             g = int(bad[0])
             raise FormatError(f"uniform payload segment {g} is corrupt: {ERRORS[int(err[g])]}")
-    return out
