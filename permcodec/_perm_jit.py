@@ -43,6 +43,23 @@ def put_row(prow, src, r, out, stamp):
     return True
 
 
+def read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: numba compiles read-only and writable arrays separately, so the sources
+    handed to the decoders are always read-only (one compile per dtype whatever the caller has)."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def index_source(bits: np.ndarray) -> np.ndarray:
+    """Row-wise indices 0..n-1 in the dtype of ``bits`` (the values' bit patterns) where they fit,
+    so that decoding the permutation itself runs the very specialization that gathers values
+    (one compile per dtype, not two); the caller widens the result to int64."""
+    rows, n = bits.shape
+    dt = bits.dtype if n <= np.iinfo(bits.dtype).max + 1 else np.dtype(np.uint32)
+    return read_only(np.ascontiguousarray(np.broadcast_to(np.arange(n, dtype=dt), (rows, n))))
+
+
 if _nb is not None:
     put_row = _nb.njit(cache=True, inline="always")(put_row)
     HASH = np.uint64(0x9E3779B97F4A7C15)

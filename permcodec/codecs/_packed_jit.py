@@ -729,15 +729,15 @@ def _words(payload):
 
 def decode(params, payload, values) -> np.ndarray:
     """The permutation (int64 rows x n)."""
-    rows, n = values.shape
-    out = np.empty((rows, n), np.int64)
-    _decode(params, payload, values, np.broadcast_to(np.arange(n, dtype=np.int64), (rows, n)), out)
-    return out
+    src = _perm_jit.index_source(_raw(values))
+    out = np.empty_like(src)
+    _decode(params, payload, values, src, out)
+    return out.astype(np.int64)
 
 
 def decode_values(params, payload, values) -> np.ndarray:
     """The rearranged values themselves: the permutation is never materialized."""
-    src = _raw(values)
+    src = _perm_jit.read_only(_raw(values))
     out = np.empty(src.shape, src.dtype)
     _decode(params, payload, values, src, out)
     return out.view(values.dtype)

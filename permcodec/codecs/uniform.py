@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import FormatError
 from . import _rans
-from .._perm_jit import put_row as _put
+from .._perm_jit import index_source, put_row as _put, read_only
 from ._rans import LOW, M, PREC, njit, prange
 
 NAME = "uniform"
@@ -391,18 +391,22 @@ def check_payload(params: dict, payload, rows: int, n: int) -> None:
 
 def decode(params: dict, payload, values: np.ndarray) -> np.ndarray:
     """The permutation (int64 rows x n)."""
-    rows, n = values.shape
-    out = np.empty((rows, n), np.int64)
-    _decode(params, payload, values, np.broadcast_to(np.arange(n, dtype=np.int64), (rows, n)), out)
-    return out
+    src = index_source(_bits(values))
+    out = np.empty_like(src)
+    _decode(params, payload, values, src, out)
+    return out.astype(np.int64)
 
 
 def decode_values(params: dict, payload, values: np.ndarray) -> np.ndarray:
     """The rearranged values themselves (decode, then perm.check_apply, in one pass)."""
-    src = np.ascontiguousarray(values).view(np.dtype(f"u{values.dtype.itemsize}"))
+    src = _bits(values)
     out = np.empty(src.shape, src.dtype)
     _decode(params, payload, values, src, out)
     return out.view(values.dtype)
+
+
+def _bits(values):
+    return read_only(np.ascontiguousarray(values).view(np.dtype(f"u{values.dtype.itemsize}")))
 
 
 def _decode(params, payload, values, src, out) -> None:
