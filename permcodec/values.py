@@ -117,10 +117,10 @@ def cast(x: np.ndarray, dtype: str) -> np.ndarray:
         return x
     with np.errstate(over="ignore"):
         f32 = x.astype(np.float32)
+        if dtype == "float16":
+            return f32.astype(np.float16)
     if dtype == "float32":
         return f32
-    if dtype == "float16":
-        return f32.astype(np.float16)
     if dtype == "bfloat16":
         b = f32.view(np.uint32)
         return ((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)

@@ -36,3 +36,17 @@ def test_bench_codecs_quick(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| case |" in md and "Generator alone" in md
     assert (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_ans_peer_quick(capsys):
+    """bench/ans_peer.py: uniform and constriction both round-trip (the script asserts it) and
+    land at the same size: on 20 rows of 100 (10.5 kbit) a 32-bit final state is 0.3%."""
+    pytest.importorskip("constriction")
+    spec = importlib.util.spec_from_file_location("ans_peer", ROOT / "bench" / "ans_peer.py")
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)
+    peer.main(["--quick"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 20 × 100")]
+    assert len(rows) == 1
+    over = [float(c.strip().rstrip("%")) for c in rows[0].split("|")[2:4]]
+    assert all(0 <= o < 0.5 for o in over) and abs(over[0] - over[1]) < 0.05, rows[0]
