@@ -534,6 +534,12 @@ if _nb is not None:
         else:
             out[o] = byte
 
+    @_nb.njit(cache=True, inline="always")
+    def _emit32(out, edge, b, o, fb, lb, w):
+        """The low 32 bits of ``w``, big-endian, at bytes o .. o+3."""
+        for i in range(4):
+            _emit(out, edge, b, o + i, fb, lb, np.uint8((w >> _u64(24 - 8 * i)) & _u64(0xFF)))
+
     @_nb.njit(cache=True, parallel=True)
     def _enc(perm, raw, width, ties, mode, p, lkey, tix, tables, offs, out, edge):
         """Every row's digits, the reverse pass of the state machine and the bits, written in
@@ -611,22 +617,14 @@ if _nb is not None:
                         kk = 24
                         if nacc >= 32:
                             nacc -= 32
-                            w = acc >> _u64(nacc)
-                            _emit(out, edge, b, o, fb, lb, np.uint8((w >> _u64(24)) & _u64(0xFF)))
-                            _emit(out, edge, b, o + 1, fb, lb, np.uint8((w >> _u64(16)) & _u64(0xFF)))
-                            _emit(out, edge, b, o + 2, fb, lb, np.uint8((w >> _u64(8)) & _u64(0xFF)))
-                            _emit(out, edge, b, o + 3, fb, lb, np.uint8(w & _u64(0xFF)))
+                            _emit32(out, edge, b, o, fb, lb, acc >> _u64(nacc))
                             o += 4
                             acc &= (_u64(1) << _u64(nacc)) - _u64(1)
                     acc = (acc << _u64(kk)) | v
                     nacc += kk
                     if nacc >= 32:
                         nacc -= 32
-                        w = acc >> _u64(nacc)
-                        _emit(out, edge, b, o, fb, lb, np.uint8((w >> _u64(24)) & _u64(0xFF)))
-                        _emit(out, edge, b, o + 1, fb, lb, np.uint8((w >> _u64(16)) & _u64(0xFF)))
-                        _emit(out, edge, b, o + 2, fb, lb, np.uint8((w >> _u64(8)) & _u64(0xFF)))
-                        _emit(out, edge, b, o + 3, fb, lb, np.uint8(w & _u64(0xFF)))
+                        _emit32(out, edge, b, o, fb, lb, acc >> _u64(nacc))
                         o += 4
                         acc &= (_u64(1) << _u64(nacc)) - _u64(1)
             while nacc >= 8:

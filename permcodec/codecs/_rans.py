@@ -45,6 +45,32 @@ def njit(*args, **kw):
 prange = _nb.prange if _nb is not None else range
 
 
+@njit(inline="always")
+def read_states(words, wlo, lanes, x):
+    """The lanes' initial states from words[wlo:wlo + 2*lanes] (low word first) into ``x``;
+    False if one is outside [2**31, 2**63) (a value >= 2**63 reads as negative)."""
+    for l in range(lanes):
+        v = np.int64(words[wlo + 2 * l]) | (np.int64(words[wlo + 2 * l + 1]) << 32)
+        if v < LOW:
+            return False
+        x[l] = v
+    return True
+
+
+@njit(inline="always")
+def advance(xs, f, s, c0, words, p, whi):
+    """One decoding step of a lane whose slot ``s`` fell in the interval [c0, c0 + f): the next
+    state, reading a word from words[p] (p < whi) when it drops below 2**31. Returns
+    (state, p, ok); ok is False when the stream ends early."""
+    xs = f * (xs >> PREC) + s - c0
+    if xs < LOW:
+        if p >= whi:
+            return xs, p, False
+        xs = (xs << 32) | np.int64(words[p])
+        p += 1
+    return xs, p, True
+
+
 @njit
 def encode_symbols(cum, freq, lanes, out):
     """rANS-encode symbols (cum[k], freq[k]) k = 0..K-1 into ``out`` (uint32, >= K + 2*lanes

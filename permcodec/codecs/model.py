@@ -279,21 +279,21 @@ def _classes(key_row, order, cstart, cls_sorted, tmp, hist):
 
 
 @njit
-def _encode_segment(keys, perm, frozen, lags, lo_row, hi_row, cum, freq):
-    n = keys.shape[1]
-    order = np.empty(n, np.int64)
-    cstart = np.empty(n + 1, np.int64)
-    cls_sorted = np.empty(n, np.int64)
-    tmp = np.empty(n, np.int64)
-    hist = np.empty(256, np.int64)
-    clsof = np.empty(n, np.int64)
-    rem = np.empty(n, np.int64)
-    fen = np.zeros(n + 1, np.int64)
-    done = np.zeros(n, np.bool_)
-    disp = np.zeros(n, np.int64)
+def _segment_scratch(n):
+    """Work arrays of a segment coder (the same for both directions): class sort buffers, the
+    class of each position, remaining counts, the Fenwick tree, done flags, displacements, the
+    adaptive context counts (initialised) and the bucket table."""
     P = np.empty(NCTX * PB, np.int32)
     _prefix_init(P)
-    bk = _bucket_table(n)
+    return (np.empty(n, np.int64), np.empty(n + 1, np.int64), np.empty(n, np.int64), np.empty(n, np.int64),
+            np.empty(256, np.int64), np.empty(n, np.int64), np.empty(n, np.int64), np.zeros(n + 1, np.int64),
+            np.zeros(n, np.bool_), np.zeros(n, np.int64), P, _bucket_table(n))
+
+
+@njit
+def _encode_segment(keys, perm, frozen, lags, lo_row, hi_row, cum, freq):
+    n = keys.shape[1]
+    order, cstart, cls_sorted, tmp, hist, clsof, rem, fen, done, disp, P, bk = _segment_scratch(n)
     k = 0
     for row in range(lo_row, hi_row):
         ncls = _classes(keys[row], order, cstart, cls_sorted, tmp, hist)
@@ -360,25 +360,10 @@ def _encode_all(keys, perm, frozen, lags, seg, lanes, nseg, out, sizes):
 @njit
 def _decode_segment(keys, frozen, lags, lo_row, hi_row, lanes, words, wlo, whi, out):
     n = keys.shape[1]
-    order = np.empty(n, np.int64)
-    cstart = np.empty(n + 1, np.int64)
-    cls_sorted = np.empty(n, np.int64)
-    tmp = np.empty(n, np.int64)
-    hist = np.empty(256, np.int64)
-    fcls = np.empty(n, np.int64)
-    rem = np.empty(n, np.int64)
-    fen = np.zeros(n + 1, np.int64)
-    done = np.zeros(n, np.bool_)
-    disp = np.zeros(n, np.int64)
-    P = np.empty(NCTX * PB, np.int32)
-    _prefix_init(P)
-    bk = _bucket_table(n)
+    order, cstart, cls_sorted, tmp, hist, fcls, rem, fen, done, disp, P, bk = _segment_scratch(n)
     x = np.empty(lanes, np.int64)
-    for l in range(lanes):
-        v = np.int64(words[wlo + 2 * l]) | (np.int64(words[wlo + 2 * l + 1]) << 32)
-        if v < LOW:
-            return 1
-        x[l] = v
+    if not _rans.read_states(words, wlo, lanes, x):
+        return 1
     p = wlo + 2 * lanes
     lane = 0
     for row in range(lo_row, hi_row):
@@ -419,12 +404,9 @@ def _decode_segment(keys, frozen, lags, lo_row, hi_row, lanes, words, wlo, whi, 
             e = a + rem[cf]
             c0 = _cdf_near(a, c, vlo, r, P, pb, base, E, W, winv, bk, G, T, d0, w)
             f = _cdf_near(e, c, vlo, r, P, pb, base, E, W, winv, bk, G, T, d0, w) - c0
-            xs = f * (xs >> PREC) + s - c0
-            if xs < LOW:
-                if p >= whi:
-                    return 2
-                xs = (xs << 32) | np.int64(words[p])
-                p += 1
+            xs, p, ok = _rans.advance(xs, f, s, c0, words, p, whi)
+            if not ok:
+                return 2
             x[lane] = xs
             lane += 1
             if lane == lanes:

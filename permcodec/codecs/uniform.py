@@ -295,11 +295,8 @@ def _decode_segment(keys, lo, hi, lanes, words, wlo, whi, src, out):
     stamp = np.full(n, -1, np.int64)
     rinv = 1.0 / np.arange(n + 1, dtype=np.float64)
     x = np.empty(lanes, np.int64)
-    for l in range(lanes):
-        v = np.int64(words[wlo + 2 * l]) | (np.int64(words[wlo + 2 * l + 1]) << 32)
-        if v < LOW:   # (v >= 2**63 reads as negative)
-            return 1
-        x[l] = v
+    if not _rans.read_states(words, wlo, lanes, x):
+        return 1
     p = wlo + 2 * lanes
     mmask = np.int64(M - 1)
     lane = 0
@@ -336,12 +333,9 @@ def _decode_segment(keys, lo, hi, lanes, words, wlo, whi, src, out):
             ri = rinv[r]
             c0 = _scaled(a, r, ri)
             f = _scaled(e, r, ri) - c0
-            xs = f * (xs >> PREC) + s - c0
-            if xs < LOW:
-                if p >= whi:
-                    return 2
-                xs = (xs << 32) | np.int64(words[p])
-                p += 1
+            xs, p, ok = _rans.advance(xs, f, s, c0, words, p, whi)
+            if not ok:
+                return 2
             x[lane] = xs
             lane += 1
             if lane == lanes:
