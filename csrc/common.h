@@ -40,6 +40,7 @@ void parallel_for(int64_t n, double work_per_item, double serial_below,
 void init_values(py::module_& m);
 void init_perm(py::module_& m);
 void init_packed(py::module_& m);
-void init_rans(py::module_& m);
+void init_rans(py::module_& m);    // uniform codec + the shared rANS coder
+void init_model(py::module_& m);
 
 }  // namespace pc

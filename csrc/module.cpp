@@ -64,4 +64,5 @@ PYBIND11_MODULE(_core, m) {
     pc::init_perm(m);
     pc::init_packed(m);
     pc::init_rans(m);
+    pc::init_model(m);
 }
