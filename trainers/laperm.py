@@ -50,6 +50,32 @@ def rows_of(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(1, -1) if t.dim() <= 1 else t.reshape(t.shape[0], -1)
 
 
+# -- row-sharded parameters (DTensor Shard(0), FSDP2's fully_shard) -----------------------------
+# A sync touches each row alone, so on a parameter sharded by rows every rank syncs the rows it
+# holds, with no communication; only the wrapper's digests (built once) gather the full tensor.
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The rows this process holds: a DTensor's local shard (a view), any other tensor itself."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def _is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return False
+    return isinstance(t, DTensor)
+
+
+def _check_row_sharded(name: str, p: torch.Tensor) -> None:
+    if _is_dtensor(p) and any(not (pl.is_replicate() or (pl.is_shard() and pl.dim == 0)) for pl in p.placements):
+        raise ValueError(f"parameter {name!r} is a DTensor placed as {p.placements}: LaPerm syncs weight vectors "
+                         "(rows), so it needs Shard(0) or Replicate placements (shard by rows, e.g. fully_shard)")
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
 def sync_rows(rows: torch.Tensor, sorted_rows: torch.Tensor) -> torch.Tensor:
     """Each row of ``sorted_rows`` rearranged into the rank order of the same row of ``rows``.
 
@@ -161,14 +187,15 @@ class LaPerm(torch.optim.Optimizer):
                     raise ValueError(f"parameter {n!r} is a scalar: nothing to permute")
                 if p not in in_base:
                     raise ValueError(f"parameter {n!r} is permuted but not in the base optimizer")
-                self._sorted[p] = rows_of(p.detach()).sort(dim=1, stable=True).values.clone()
+                _check_row_sharded(n, p)
+                self._sorted[p] = rows_of(_local(p.detach())).sort(dim=1, stable=True).values.clone()
                 roles[n] = PERMUTE
         sched = _schedule(k, k_schedule)
         for g in base_optimizer.param_groups:
             g.update(laperm_step=0, laperm_last_sync=0, laperm_syncs=0, laperm_k_schedule=sched)
             g["laperm_roles"] = [roles.get(self.names.get(p, ""), FREE) for p in g["params"]]
-            g["laperm_digests"] = [_digest(self._sorted[p]) if p in self._sorted else 0
-                                   for p in g["params"]]
+            g["laperm_digests"] = [_digest(rows_of(_full(p.detach())).sort(dim=1, stable=True).values)
+                                   if p in self._sorted else 0 for p in g["params"]]
         self.sync_seconds = 0.0  # wall time spent in sync() by this object (not saved)
         self._link()
 
@@ -257,9 +284,10 @@ class LaPerm(torch.optim.Optimizer):
         for g in self.param_groups:
             for p, role in zip(g["params"], g["laperm_roles"]):
                 if role == PERMUTE:
-                    yield p, sync_rows(rows_of(p.detach()), self._sorted[p]).view_as(p)
+                    local = _local(p.detach())
+                    yield local, sync_rows(rows_of(local), self._sorted[p]).view_as(local)
                 elif role in (ONE, ZERO):
-                    yield p, torch.full_like(p, 1.0 if role == ONE else 0.0)
+                    yield _local(p.detach()), torch.full_like(_local(p.detach()), 1.0 if role == ONE else 0.0)
 
     @torch.no_grad()
     def sync(self):
@@ -292,7 +320,7 @@ class LaPerm(torch.optim.Optimizer):
     def check_synced(self):
         """Raise ``ValueError`` naming the first parameter and row that is not a permutation."""
         for p, s in self._sorted.items():
-            bad = (rows_of(p.detach()).sort(dim=1).values != s).any(dim=1).nonzero()
+            bad = (rows_of(_local(p.detach())).sort(dim=1).values != s).any(dim=1).nonzero()
             if len(bad):
                 raise ValueError(
                     f"parameter {self.names[p]!r} row {int(bad[0])} is not a rearrangement of its "
