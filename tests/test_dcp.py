@@ -1,0 +1,168 @@
+"""DCP storage in permcodec files: 2 gloo processes on CPU, resharding 2->1 and 1->2, row-sharded
+LaPerm (FSDP2) equal to single-process training, consolidation equal to a single-process save."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+import torch.multiprocessing as mp
+
+import permcodec
+from helpers import bit_equal
+from permcodec.dcp import PermcodecReader, PermcodecWriter, consolidate, rules_for
+from trainers.laperm import LaPerm
+from trainers.sharded import load_checkpoint, save_checkpoint, shard_rows
+
+WORLD = 2
+STEPS, K = 7, 3
+
+
+def _model() -> torch.nn.Module:
+    """Weights from seeded rules; biases from torch's default init, seeded the same in every process."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4),
+                                torch.nn.ReLU(), torch.nn.Linear(4, 3))  # 3 rows: 2 + 1
+    permcodec.init.apply_(model, seed=3)
+    return model
+
+
+def _batches():
+    g = torch.Generator().manual_seed(11)
+    return [(torch.randn(16, 10, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(STEPS)]
+
+
+def _train(model, opt):
+    for x, y in _batches():  # every rank sees the whole batch: the same data order as one process
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    opt.sync()
+
+
+def _laperm(model):
+    return LaPerm(model, torch.optim.Adam(model.parameters(), lr=1e-2), k=K)
+
+
+def _single_process():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: a matmul's rounding may depend on how it is split
+    try:
+        model = _model()
+        opt = _laperm(model)
+        _train(model, opt)
+    finally:
+        torch.set_num_threads(threads)
+    return model, opt
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank, port, fn, args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        fn(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(fn, *args):
+    mp.spawn(_entry, args=(_free_port(), fn, args), nprocs=WORLD, join=True)
+
+
+# ---- the rank bodies ------------------------------------------------------------------------
+def _train_and_save(rank, folder):
+    model = _model()
+    rules = rules_for(model, "model.")
+    shard_rows(model)
+    opt = _laperm(model)
+    _train(model, opt)
+    save_checkpoint(folder, model, opt, rules)
+    # DDP-style replicated state: the same tensor on every rank is written once
+    dcp.save({"replicated": torch.arange(6.0)}, storage_writer=PermcodecWriter(os.path.join(folder, "rep")))
+
+
+def _load_and_compare(rank, folder, expected_path):
+    expected = torch.load(expected_path, weights_only=True)
+    model = _model()
+    shard_rows(model)
+    opt = _laperm(model)
+    load_checkpoint(folder, model, opt)
+    bad = [n for n, p in model.named_parameters() if not bit_equal(p.full_tensor(), expected["model"][n])]
+    for n, p in model.named_parameters():
+        for key, v in opt.base.state[p].items():
+            full = v.full_tensor() if hasattr(v, "full_tensor") else v
+            if not bit_equal(full, expected["state"][n][key]):
+                bad.append(f"{n}.{key}")
+    if opt.step_count != STEPS or opt.last_sync != STEPS:
+        bad.append("laperm counters")
+    torch.save(bad, os.path.join(folder, f"bad{rank}.pt"))
+
+
+# ---- tests ----------------------------------------------------------------------------------
+def test_two_ranks_fsdp2_laperm_loads_into_one_equal_to_single_process(tmp_path):
+    folder = str(tmp_path / "ckpt")
+    _spawn(_train_and_save, folder)
+    ref_model, ref_opt = _single_process()
+
+    # every rank wrote its own file; weights are stored as permutations of the rows each holds
+    assert sorted(os.listdir(folder)) == ["metadata.perm", "rank0.perm", "rank1.perm", "rep"]
+    h1 = permcodec.read_header(os.path.join(folder, "rank1.perm"))
+    w = {t["name"]: t for t in h1["tensors"]}
+    assert w["model.0.weight@3,0"]["kind"] == "permuted" and w["model.0.weight@3,0"]["shape"] == [3, 10]
+    assert w["model.0.weight@3,0"]["codec"]["name"] == "dcp-rows"
+    with pytest.raises(permcodec.FormatError, match="unknown codec 'dcp-rows'"):
+        permcodec.load(os.path.join(folder, "rank1.perm"))  # a plain reader refuses, never mis-decodes
+
+    # 2 -> 1: the row-sharded run equals the single-process run, bit for bit, moments included
+    model = _model()
+    opt = _laperm(model)
+    load_checkpoint(folder, model, opt)
+    for (n, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        assert bit_equal(p, q), n
+        for key, v in ref_opt.base.state[q].items():
+            assert bit_equal(opt.base.state[p][key], v), (n, key)
+    assert opt.step_count == STEPS and opt.k_schedule == ref_opt.k_schedule
+    rep = {"replicated": torch.zeros(6)}
+    dcp.load(rep, storage_reader=PermcodecReader(os.path.join(folder, "rep")))
+    assert bit_equal(rep["replicated"], torch.arange(6.0))
+    assert [t["name"] for t in permcodec.read_header(os.path.join(folder, "rep", "rank0.perm"))["tensors"]] \
+        + [t["name"] for t in permcodec.read_header(os.path.join(folder, "rep", "rank1.perm"))["tensors"]] \
+        == ["replicated"]
+
+    # offline consolidation: the very bytes of a single-process save
+    consolidate(folder, tmp_path / "c.perm", prefix="model.")
+    permcodec.save(ref_model, tmp_path / "s.perm")
+    assert (tmp_path / "c.perm").read_bytes() == (tmp_path / "s.perm").read_bytes()
+
+
+def test_one_rank_checkpoint_loads_into_two(tmp_path):
+    folder = str(tmp_path / "ckpt")
+    model, opt = _single_process()
+    save_checkpoint(folder, model, opt, rules_for(model, "model."))
+    expected = {"model": {n: p.detach().clone() for n, p in model.named_parameters()},
+                "state": {n: {k: v.clone() for k, v in opt.base.state[p].items()} for n, p in model.named_parameters()}}
+    torch.save(expected, tmp_path / "expected.pt")
+    assert permcodec.load(os.path.join(folder, "rank0.perm"))["model.0.weight"].equal(model[0].weight)
+    _spawn(_load_and_compare, folder, str(tmp_path / "expected.pt"))
+    assert [torch.load(os.path.join(folder, f"bad{r}.pt")) for r in range(WORLD)] == [[], []]
+
+
+def test_refuses_to_overwrite_and_missing_checkpoint(tmp_path):
+    model = _model()
+    dcp.save(model.state_dict(), storage_writer=PermcodecWriter(tmp_path, rules=rules_for(model)))
+    with pytest.raises(CheckpointException) as e:  # DCP wraps each rank's error
+        dcp.save(model.state_dict(), storage_writer=PermcodecWriter(tmp_path, rules=rules_for(model)))
+    error = e.value.failures[0][0]
+    assert isinstance(error, permcodec.PermcodecError) and "overwrite=True" in str(error)
+    dcp.save(model.state_dict(), storage_writer=PermcodecWriter(tmp_path, rules=rules_for(model), overwrite=True))
+    with pytest.raises(permcodec.PermcodecError, match="metadata.perm is missing"):
+        consolidate(tmp_path / "nothing", tmp_path / "x.perm")
