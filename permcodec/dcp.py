@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, W
 from torch.futures import Future
 
 from . import __version__, api, format as fmt, perm, tensors as T
-from .errors import FormatError, IntegrityError, PermcodecError
+from .errors import FormatError, IntegrityError, PermcodecError, RuleError
 from .init import canonical_name, rules_of
 from .rules import Rule
 from .values import generate
@@ -139,6 +139,12 @@ class PermcodecWriter(StorageWriter):
         return plan
 
     def prepare_global_plan(self, plans):
+        names = {canonical_name(item.index.fqn) for p in plans for item in p.items}
+        unknown = sorted(set(self.rules) - names)
+        if unknown:
+            raise RuleError(f"rules name tensors that are not in the state dict: {', '.join(unknown[:5])} (DCP names "
+                            f"a tensor by its state-dict key, e.g. 'model.' + the parameter's name: use "
+                            f"rules_for(model, prefix='model.'))")
         return [dataclasses.replace(p, storage_data=rank_file(i)) for i, p in enumerate(plans)]
 
     def write_data(self, plan, planner) -> Future:

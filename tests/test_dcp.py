@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
 import torch.multiprocessing as mp
 
 import permcodec
@@ -86,8 +87,10 @@ def _train_and_save(rank, folder):
     opt = _laperm(model)
     _train(model, opt)
     save_checkpoint(folder, model, opt, rules)
-    # DDP-style replicated state: the same tensor on every rank is written once
-    dcp.save({"replicated": torch.arange(6.0)}, storage_writer=PermcodecWriter(os.path.join(folder, "rep")))
+    # DDP-replicated state: the same tensors on every rank are written once, weights as permutations
+    ddp = torch.nn.parallel.DistributedDataParallel(_model())
+    dcp.save({"model": get_model_state_dict(ddp), "replicated": torch.arange(6.0)},
+             storage_writer=PermcodecWriter(os.path.join(folder, "ddp"), rules=rules_for(ddp, "model.")))
 
 
 def _load_and_compare(rank, folder, expected_path):
@@ -114,7 +117,7 @@ def test_two_ranks_fsdp2_laperm_loads_into_one_equal_to_single_process(tmp_path)
     ref_model, ref_opt = _single_process()
 
     # every rank wrote its own file; weights are stored as permutations of the rows each holds
-    assert sorted(os.listdir(folder)) == ["metadata.perm", "rank0.perm", "rank1.perm", "rep"]
+    assert sorted(os.listdir(folder)) == ["ddp", "metadata.perm", "rank0.perm", "rank1.perm"]
     h1 = permcodec.read_header(os.path.join(folder, "rank1.perm"))
     w = {t["name"]: t for t in h1["tensors"]}
     assert w["model.0.weight@3,0"]["kind"] == "permuted" and w["model.0.weight@3,0"]["shape"] == [3, 10]
@@ -131,12 +134,15 @@ def test_two_ranks_fsdp2_laperm_loads_into_one_equal_to_single_process(tmp_path)
         for key, v in ref_opt.base.state[q].items():
             assert bit_equal(opt.base.state[p][key], v), (n, key)
     assert opt.step_count == STEPS and opt.k_schedule == ref_opt.k_schedule
+    ddp = os.path.join(folder, "ddp")
     rep = {"replicated": torch.zeros(6)}
-    dcp.load(rep, storage_reader=PermcodecReader(os.path.join(folder, "rep")))
+    dcp.load(rep, storage_reader=PermcodecReader(ddp))
     assert bit_equal(rep["replicated"], torch.arange(6.0))
-    assert [t["name"] for t in permcodec.read_header(os.path.join(folder, "rep", "rank0.perm"))["tensors"]] \
-        + [t["name"] for t in permcodec.read_header(os.path.join(folder, "rep", "rank1.perm"))["tensors"]] \
-        == ["replicated"]
+    written = [t for r in range(WORLD) for t in permcodec.read_header(os.path.join(ddp, f"rank{r}.perm"))["tensors"]]
+    assert len(written) == 7 and sum(t["kind"] == "permuted" for t in written) == 3  # each once
+    consolidate(ddp, tmp_path / "ddp.perm", prefix="model.")
+    permcodec.save(_model(), tmp_path / "init.perm")
+    assert (tmp_path / "ddp.perm").read_bytes() == (tmp_path / "init.perm").read_bytes()
 
     # offline consolidation: the very bytes of a single-process save
     consolidate(folder, tmp_path / "c.perm", prefix="model.")
@@ -164,5 +170,8 @@ def test_refuses_to_overwrite_and_missing_checkpoint(tmp_path):
     error = e.value.failures[0][0]
     assert isinstance(error, permcodec.PermcodecError) and "overwrite=True" in str(error)
     dcp.save(model.state_dict(), storage_writer=PermcodecWriter(tmp_path, rules=rules_for(model), overwrite=True))
+    with pytest.raises(CheckpointException) as e:
+        dcp.save(model.state_dict(), storage_writer=PermcodecWriter(tmp_path / "b", rules=rules_for(model, "model.")))
+    assert isinstance(e.value.failures[0][0], permcodec.RuleError) and "model.0.weight" in str(e.value.failures[0][0])
     with pytest.raises(permcodec.PermcodecError, match="metadata.perm is missing"):
         consolidate(tmp_path / "nothing", tmp_path / "x.perm")
