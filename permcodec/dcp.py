@@ -383,3 +383,11 @@ def consolidate(path, out_path, *, prefix: str = "", **save_kw) -> int:
     """
     state, rules = consolidated_state(path, prefix)
     return api.save(state, out_path, rules=rules, **save_kw)
+
+
+def consolidate_command(args) -> int:
+    """``permcodec consolidate PATH OUTPUT [--prefix P] [--codec C] [--max-shard-size S]`` (cli.py wires it)."""
+    size = consolidate(args.path, args.output, prefix=args.prefix, codec=args.codec,
+                       max_shard_size=args.max_shard_size)
+    print(f"wrote {args.output}: {size:,} bytes")
+    return 0

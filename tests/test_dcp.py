@@ -1,5 +1,6 @@
 """DCP storage in permcodec files: 2 gloo processes on CPU, resharding 2->1 and 1->2, row-sharded
 LaPerm (FSDP2) equal to single-process training, consolidation equal to a single-process save."""
+import argparse
 import os
 import socket
 
@@ -12,6 +13,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict
 import torch.multiprocessing as mp
 
 import permcodec
+import permcodec.dcp
 from helpers import bit_equal
 from permcodec.dcp import PermcodecReader, PermcodecWriter, consolidate, rules_for
 from trainers.laperm import LaPerm
@@ -175,3 +177,19 @@ def test_refuses_to_overwrite_and_missing_checkpoint(tmp_path):
     assert isinstance(e.value.failures[0][0], permcodec.RuleError) and "model.0.weight" in str(e.value.failures[0][0])
     with pytest.raises(permcodec.PermcodecError, match="metadata.perm is missing"):
         consolidate(tmp_path / "nothing", tmp_path / "x.perm")
+
+
+def test_consolidate_command_and_hub_style_shards(tmp_path, capsys):
+    model = _model()
+    dcp.save(model.state_dict(), storage_writer=PermcodecWriter(tmp_path / "ckpt", rules=rules_for(model)))
+    args = argparse.Namespace(path=tmp_path / "ckpt", output=tmp_path / "c.perm", prefix="", codec="auto",
+                              max_shard_size=None)
+    assert permcodec.dcp.consolidate_command(args) == 0 and "wrote" in capsys.readouterr().out
+    permcodec.save(model, tmp_path / "s.perm")
+    assert (tmp_path / "c.perm").read_bytes() == (tmp_path / "s.perm").read_bytes()
+    (tmp_path / "hub").mkdir()
+    consolidate(tmp_path / "ckpt", tmp_path / "hub" / "model.perm", max_shard_size=400)
+    assert len(list((tmp_path / "hub").glob("*.perm"))) > 1
+    loaded = permcodec.load(tmp_path / "hub" / "model.perm")
+    assert loaded.keys() == model.state_dict().keys()
+    assert all(bit_equal(loaded[k], v) for k, v in model.state_dict().items())
