@@ -4,8 +4,8 @@
     dcp.load(state, storage_reader=PermcodecReader(path))
     consolidate(path, "model.perm", prefix="model.")   # one ordinary permcodec file
 
-A checkpoint directory holds ``rank{r}.perm``, one ordinary permcodec container per rank with
-every piece that rank holds, and ``metadata.perm``: DCP's Metadata (each tensor's size, dtype and
+A checkpoint directory holds ``rank{r}-{save}.perm``, one ordinary permcodec container per rank
+with every piece that rank holds, and ``metadata.perm``: DCP's Metadata (each tensor's size, dtype and
 chunks, and which file and entry holds each piece) as msgpack in a permcodec header, so reading a
 checkpoint never unpickles anything of ours. A piece of a tensor with a rule that is whole rows
 [a, b) is stored as the permutations of those rows: the generator is counter-based, so their
@@ -13,6 +13,8 @@ initial values are the rule's elements [a*n, b*n) and regenerate without the oth
 that starts past row 0 says so in a wrapper codec (``{"name": "dcp-rows", "row_start": a,
 "inner": {...}}``): a plain permcodec reader rejects it as an unknown codec instead of decoding
 the wrong values. Everything else (other pieces, optimizer moments, DCP's pickled objects) is raw.
+Each save names its rank files anew and replaces ``metadata.perm`` last (atomically), then removes
+the previous save's rank files: a save that fails midway leaves the previous checkpoint whole.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import io
 import math
 import os
 import re
+import uuid
 
 import numpy as np
 import torch
@@ -39,12 +42,14 @@ from .values import generate
 
 METADATA = "metadata.perm"
 SLICE_CODEC = "dcp-rows"
-_RANK_FILE = re.compile(r"rank\d{1,6}\.perm")
+_RANK_FILE = re.compile(r"rank\d{1,6}-[0-9a-f]{12}\.perm")
 _MAX_ROW = 1 << 48
 
 
-def rank_file(rank: int) -> str:
-    return f"rank{rank}.perm"
+def rank_files(path) -> list[str]:
+    """The rank files in checkpoint directory ``path``, by rank (what the last save wrote, once it finished)."""
+    names = [n for n in os.listdir(path) if _RANK_FILE.fullmatch(n)]
+    return sorted(names, key=lambda n: int(n[4:n.index("-")]))
 
 
 def rules_for(model: torch.nn.Module, prefix: str = "") -> dict[str, Rule]:
@@ -107,7 +112,7 @@ def _fields(rule: Rule) -> dict:
 
 
 class PermcodecWriter(StorageWriter):
-    """DCP StorageWriter: each rank writes ``rank{r}.perm``; the coordinator ``metadata.perm``.
+    """DCP StorageWriter: each rank writes ``rank{r}-{save}.perm``; the coordinator ``metadata.perm``.
 
     ``rules``: {DCP name: Rule} of the tensors stored as permutations (see :func:`rules_for`);
     a piece of such a tensor that is not a rearrangement raises NotAPermutationError (sync
@@ -145,7 +150,8 @@ class PermcodecWriter(StorageWriter):
             raise RuleError(f"rules name tensors that are not in the state dict: {', '.join(unknown[:5])} (DCP names "
                             f"a tensor by its state-dict key, e.g. 'model.' + the parameter's name: use "
                             f"rules_for(model, prefix='model.'))")
-        return [dataclasses.replace(p, storage_data=rank_file(i)) for i, p in enumerate(plans)]
+        save = uuid.uuid4().hex[:12]
+        return [dataclasses.replace(p, storage_data=f"rank{i}-{save}.perm") for i, p in enumerate(plans)]
 
     def write_data(self, plan, planner) -> Future:
         fname, results = plan.storage_data, []
@@ -173,6 +179,10 @@ class PermcodecWriter(StorageWriter):
         where = {wr.index: wr.storage_data for rank_results in results for wr in rank_results}
         body = _encode_metadata(metadata, where)
         api._atomic_write(os.path.join(self.path, METADATA), lambda f: fmt.Writer(f).finish(_header({"dcp": body}, [])))
+        used = {fname for fname, _ in where.values()}
+        for name in rank_files(self.path):  # the previous save's, no longer referenced
+            if name not in used:
+                os.unlink(os.path.join(self.path, name))
 
     def storage_meta(self) -> StorageMeta:
         return StorageMeta(checkpoint_id=self.path)

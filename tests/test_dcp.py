@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import permcodec
 import permcodec.dcp
 from helpers import bit_equal
-from permcodec.dcp import PermcodecReader, PermcodecWriter, consolidate, rules_for
+from permcodec.dcp import PermcodecReader, PermcodecWriter, consolidate, rank_files, rules_for
 from trainers.laperm import LaPerm
 from trainers.sharded import load_checkpoint, save_checkpoint, shard_rows
 
@@ -119,13 +119,14 @@ def test_two_ranks_fsdp2_laperm_loads_into_one_equal_to_single_process(tmp_path)
     ref_model, ref_opt = _single_process()
 
     # every rank wrote its own file; weights are stored as permutations of the rows each holds
-    assert sorted(os.listdir(folder)) == ["ddp", "metadata.perm", "rank0.perm", "rank1.perm"]
-    h1 = permcodec.read_header(os.path.join(folder, "rank1.perm"))
+    ranks = [os.path.join(folder, n) for n in rank_files(folder)]
+    assert len(ranks) == WORLD and len(os.listdir(folder)) == WORLD + 2  # + metadata.perm, ddp/
+    h1 = permcodec.read_header(ranks[1])
     w = {t["name"]: t for t in h1["tensors"]}
     assert w["model.0.weight@3,0"]["kind"] == "permuted" and w["model.0.weight@3,0"]["shape"] == [3, 10]
     assert w["model.0.weight@3,0"]["codec"]["name"] == "dcp-rows"
     with pytest.raises(permcodec.FormatError, match="unknown codec 'dcp-rows'"):
-        permcodec.load(os.path.join(folder, "rank1.perm"))  # a plain reader refuses, never mis-decodes
+        permcodec.load(ranks[1])  # a plain reader refuses, never mis-decodes
 
     # 2 -> 1: the row-sharded run equals the single-process run, bit for bit, moments included
     model = _model()
@@ -140,7 +141,7 @@ def test_two_ranks_fsdp2_laperm_loads_into_one_equal_to_single_process(tmp_path)
     rep = {"replicated": torch.zeros(6)}
     dcp.load(rep, storage_reader=PermcodecReader(ddp))
     assert bit_equal(rep["replicated"], torch.arange(6.0))
-    written = [t for r in range(WORLD) for t in permcodec.read_header(os.path.join(ddp, f"rank{r}.perm"))["tensors"]]
+    written = [t for n in rank_files(ddp) for t in permcodec.read_header(os.path.join(ddp, n))["tensors"]]
     assert len(written) == 7 and sum(t["kind"] == "permuted" for t in written) == 3  # each once
     consolidate(ddp, tmp_path / "ddp.perm", prefix="model.")
     permcodec.save(_model(), tmp_path / "init.perm")
@@ -159,7 +160,7 @@ def test_one_rank_checkpoint_loads_into_two(tmp_path):
     expected = {"model": {n: p.detach().clone() for n, p in model.named_parameters()},
                 "state": {n: {k: v.clone() for k, v in opt.base.state[p].items()} for n, p in model.named_parameters()}}
     torch.save(expected, tmp_path / "expected.pt")
-    assert permcodec.load(os.path.join(folder, "rank0.perm"))["model.0.weight"].equal(model[0].weight)
+    assert permcodec.load(os.path.join(folder, rank_files(folder)[0]))["model.0.weight"].equal(model[0].weight)
     _spawn(_load_and_compare, folder, str(tmp_path / "expected.pt"))
     assert [torch.load(os.path.join(folder, f"bad{r}.pt")) for r in range(WORLD)] == [[], []]
 
@@ -171,7 +172,15 @@ def test_refuses_to_overwrite_and_missing_checkpoint(tmp_path):
         dcp.save(model.state_dict(), storage_writer=PermcodecWriter(tmp_path, rules=rules_for(model)))
     error = e.value.failures[0][0]
     assert isinstance(error, permcodec.PermcodecError) and "overwrite=True" in str(error)
+    first = rank_files(tmp_path)
     dcp.save(model.state_dict(), storage_writer=PermcodecWriter(tmp_path, rules=rules_for(model), overwrite=True))
+    assert len(rank_files(tmp_path)) == 1 and rank_files(tmp_path) != first  # the old one is gone
+    model[0].weight.data[0, 0] = 5.0  # not a rearrangement: the save fails ...
+    with pytest.raises(CheckpointException):
+        dcp.save(model.state_dict(), storage_writer=PermcodecWriter(tmp_path, rules=rules_for(model), overwrite=True))
+    state = _model().state_dict()  # ... and the previous checkpoint is whole
+    dcp.load(state, storage_reader=PermcodecReader(tmp_path))
+    assert all(bit_equal(state[k], v) for k, v in _model().state_dict().items())
     with pytest.raises(CheckpointException) as e:
         dcp.save(model.state_dict(), storage_writer=PermcodecWriter(tmp_path / "b", rules=rules_for(model, "model.")))
     assert isinstance(e.value.failures[0][0], permcodec.RuleError) and "model.0.weight" in str(e.value.failures[0][0])

@@ -41,7 +41,7 @@ def _through_file(entry, payload, mutate=None):
         mutate(entry)
     w.finish(dcp._header({}, [entry]))
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "rank0.perm")
+        path = os.path.join(d, "rank0-0123456789ab.perm")
         with open(path, "wb") as fh:
             fh.write(buf.getvalue())
         with api.File(path) as f:
