@@ -279,12 +279,17 @@ class _Pieces:
     def __init__(self, folder):
         self.folder, self.files, self.last = folder, {}, (None, None)
 
+    def entry(self, fname: str, name: str) -> dict:
+        """A piece's header entry (shape, dtype, kind), read without decoding anything."""
+        f = self.files.get(fname)
+        if f is None:
+            f = self.files[fname] = api.File(os.path.join(self.folder, fname))
+        return f.entry(name)
+
     def get(self, fname: str, name: str) -> tuple[np.ndarray, str]:
         if self.last[0] != (fname, name):
-            f = self.files.get(fname)
-            if f is None:
-                f = self.files[fname] = api.File(os.path.join(self.folder, fname))
-            self.last = ((fname, name), (_decode_piece(f, name), f.entry(name)["dtype"]))
+            dtype = self.entry(fname, name)["dtype"]
+            self.last = ((fname, name), (_decode_piece(self.files[fname], name), dtype))
         return self.last[1]
 
     def close(self):
@@ -324,6 +329,9 @@ class PermcodecReader(StorageReader):
         from torch.distributed._shard._utils import narrow_tensor_by_index
         pieces = _Pieces(self.path)
         try:
+            missing = [r.storage_index.fqn for r in plan.items if r.storage_index not in self.where]
+            if missing:
+                raise FormatError(f"the checkpoint's metadata places no piece for {missing[:5]}: corrupt metadata")
             for req in sorted(plan.items, key=lambda r: self.where[r.storage_index]):
                 arr, dtype = pieces.get(*self.where[req.storage_index])
                 if req.type == LoadItemType.BYTE_IO:
@@ -348,6 +356,21 @@ class PermcodecReader(StorageReader):
 
 
 # ---- offline consolidation ---------------------------------------------------------------------
+def _place(fqn: str, m, index: MetadataIndex, entry: dict) -> tuple[tuple, dict]:
+    """(the slices of the full tensor a piece fills, its entry), after checking that it fits."""
+    offsets = [0] * len(m.size) if index.offset is None else list(index.offset)
+    shape = entry["shape"]
+    if entry["dtype"] != api.TORCH_NAMES.get(m.properties.dtype) or len(offsets) != len(m.size) or len(shape) != len(
+            m.size) or any(o < 0 or o + s > d for o, s, d in zip(offsets, shape, m.size)):
+        raise FormatError(f"piece {entry['name']!r} ({entry['dtype']} {shape} at {offsets}) does not fit {fqn!r} "
+                          f"({m.properties.dtype} {list(m.size)}): corrupt metadata")
+    return tuple(slice(o, o + s) for o, s in zip(offsets, shape)), entry
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return all(max(x.start, y.start) < min(x.stop, y.stop) for x, y in zip(a, b))
+
+
 def consolidated_state(path, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Rule]]:
     """(tensors, rules) of every tensor under ``prefix`` (removed from the names), assembled from
     its pieces. DCP's pickled objects (BytesStorageMetadata) are not tensors and are left out."""
@@ -361,23 +384,19 @@ def consolidated_state(path, prefix: str = "") -> tuple[dict[str, torch.Tensor],
         for fqn, m in md.state_dict_metadata.items():
             if isinstance(m, BytesStorageMetadata) or not fqn.startswith(prefix):
                 continue
+            placed = [(_place(fqn, m, index, pieces.entry(fname, name)), fname, name)
+                      for index, (fname, name) in by_fqn.get(fqn, [])]
+            covered = sum(math.prod(e["shape"]) for (_, e), _, _ in placed)
+            boxes = [where for (where, _), _, _ in placed]
+            if covered != math.prod(m.size) or any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[:i]):
+                # checked before allocating: disjoint pieces whose files hold every element tile the tensor
+                raise FormatError(f"the pieces of {fqn!r} hold {covered} elements for its {math.prod(m.size)}, or "
+                                  f"overlap: a rank file or the metadata is incomplete or corrupt")
             full = torch.empty(m.size, dtype=m.properties.dtype)
-            covered = 0
-            for index, (fname, name) in by_fqn.get(fqn, []):
-                arr, dtype = pieces.get(fname, name)
-                piece = api.to_torch(arr, dtype)
-                offsets = list(index.offset) if index.offset is not None else [0] * piece.dim()
-                if piece.dtype != full.dtype or len(offsets) != full.dim() or any(
-                        o < 0 or o + s > d for o, s, d in zip(offsets, piece.shape, full.shape)):
-                    raise FormatError(f"piece {name!r} does not fit {fqn!r} ({full.dtype} {list(full.shape)})")
-                full[tuple(slice(o, o + s) for o, s in zip(offsets, piece.shape))] = piece
-                covered += piece.numel()
-                entry = pieces.files[fname].entry(name)
+            for (where, entry), fname, name in placed:
+                full[where] = api.to_torch(pieces.get(fname, name)[0], entry["dtype"])
                 if entry["kind"] == "permuted":
                     rules[fqn[len(prefix):]] = Rule.from_dict(entry["init"])
-            if covered != full.numel():
-                raise FormatError(f"the pieces of {fqn!r} cover {covered} of its {full.numel()} elements: "
-                                  f"a rank file or the metadata is incomplete")
             state[fqn[len(prefix):]] = full
     finally:
         pieces.close()

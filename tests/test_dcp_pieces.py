@@ -119,3 +119,21 @@ def test_malformed_metadata_and_foreign_file_names_are_format_errors():
             "pieces": [["w", None, "../../etc/passwd", "w"]]}
     with pytest.raises(permcodec.FormatError, match="not a rank file"):
         dcp._decode_metadata(body)
+
+
+def test_consolidation_refuses_pieces_that_do_not_tile(tmp_path):
+    import torch.distributed.checkpoint as tdcp
+    model = torch.nn.Linear(6, 4)
+    permcodec.init.apply_(model, seed=0)
+    tdcp.save(model.state_dict(), storage_writer=dcp.PermcodecWriter(tmp_path, rules=dcp.rules_for(model)))
+    md = dcp.read_metadata(tmp_path)
+    with api.File(tmp_path / dcp.METADATA) as f:
+        body = f.metadata["dcp"]
+    body["tensors"]["weight"]["size"] = [8, 6]  # declares more rows than any file holds
+    (tmp_path / dcp.METADATA).unlink()
+    api._atomic_write(tmp_path / dcp.METADATA, lambda fh: fmt.Writer(fh).finish(dcp._header({"dcp": body}, [])))
+    with pytest.raises(permcodec.FormatError, match="'weight' hold 24 elements for its 48"):
+        dcp.consolidate(tmp_path, tmp_path / "out.perm")
+    assert md.state_dict_metadata["weight"].size == torch.Size([4, 6])
+    assert dcp._overlap((slice(0, 2), slice(0, 6)), (slice(1, 3), slice(0, 6)))
+    assert not dcp._overlap((slice(0, 2), slice(0, 6)), (slice(2, 4), slice(0, 6)))

@@ -18,6 +18,10 @@ stored: they are taken from the parameters when the wrapper is built, i.e. build
 its seeded initializer, wrap it, then load the checkpoint. A CRC of the sorted values is stored so
 that loading a checkpoint into a wrapper built from different initial values fails loudly.
 
+Parameters sharded by rows (DTensor ``Shard(0)``, FSDP2's ``fully_shard``) work as they are: each
+process syncs the rows it holds, with no communication, and the result is the single-process
+run's bit for bit (trainers/sharded.py saves and loads such runs through DCP).
+
 >>> import torch
 >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
 >>> opt = LaPerm(net, k=2)
