@@ -96,7 +96,8 @@ def main(argv=None):
         if not keep:
             shutil.rmtree(args.dir, ignore_errors=True)
     base = rows["FileSystemWriter"][0]
-    print(f"| writer (Conv13, {WORLD} ranks, codec {args.codec}) | bytes on disk | vs FileSystemWriter | save s (best of {args.reps}) |")
+    print(f"| writer (Conv13, {WORLD} ranks, codec {args.codec}) | bytes on disk | vs FileSystemWriter "
+          f"| save s (best of {args.reps}) |")
     print("|---|---:|---:|---:|")
     for label, (size, secs) in rows.items():
         print(f"| {label} | {size:,} | {size / base:.3f} | {secs:.2f} |")

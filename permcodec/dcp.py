@@ -158,11 +158,15 @@ class PermcodecWriter(StorageWriter):
 
         def write(f):
             w = fmt.Writer(f)
-            entries = []
+            entries, names = [], set()
             for item in plan.items:
                 rule = self.rules.get(canonical_name(item.index.fqn))
                 entry, payload = _encode_item(item, planner.resolve_data(item), rule, self.codec,
                                               self.zstd_level)
+                if entry["name"] in names:
+                    raise PermcodecError(f"two pieces are both named {entry['name']!r} (a state-dict key with '@'?): "
+                                         f"rename the key")
+                names.add(entry["name"])
                 entry["section"] = w.add_section(payload)
                 entries.append(entry)
                 results.append(WriteResult(index=item.index, size_in_bytes=len(payload),

@@ -64,7 +64,8 @@ def test_stream_equals_load(tmp_path_factory, seed, dtype, prune, sizes):
 
 def test_memory_is_one_section_plus_the_output(tmp_path):
     rng = np.random.default_rng(0)
-    state = {f"t{i}": torch.from_numpy(rng.integers(0, 2**31, 1 << 17, dtype=np.int32)) for i in range(8)}  # 8 x 512 KiB
+    ints = [rng.integers(0, 2**31, 1 << 17, dtype=np.int32) for _ in range(8)]  # 8 x 512 KiB, incompressible
+    state = {f"t{i}": torch.from_numpy(a) for i, a in enumerate(ints)}
     permcodec.save(state, tmp_path / "raw.perm")
     data = (tmp_path / "raw.perm").read_bytes()
     chunks = _cuts(data, [1 << 16])
