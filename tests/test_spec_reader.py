@@ -1,8 +1,9 @@
 """A second, minimal permcodec reader written from formats/SPEC.md alone.
 
-It imports nothing from permcodec: only struct, hashlib, msgpack, zstandard and numpy. It reads the
+It imports nothing from permcodec: only struct, hashlib, msgpack, zstandard and numpy (and the
+codecs of formats/codecs/*.md, written from those documents in test_spec_codecs.py). It reads the
 AS241 and logarithm constants out of SPEC.md's own tables, decodes every golden file of
-formats/vectors/ (raw encodings, plain codec, aliases, every rule distribution) and checks the
+formats/vectors/ (raw encodings, every codec, aliases, every rule distribution) and checks the
 digests, and recomputes the test vectors printed in SPEC.md §14. If it passes, the spec is complete
 enough to write a reader from; if the spec has a typo in a constant, it fails.
 """
@@ -18,11 +19,14 @@ import msgpack
 import numpy as np
 import pytest
 import zstandard
+from test_spec_codecs import DECODERS, SEEN
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPEC = (ROOT / "formats" / "SPEC.md").read_text()
 VECTORS = ROOT / "formats" / "vectors"
-GOLDEN = sorted(VECTORS / name for name in json.loads((VECTORS / "digests.json").read_text()))
+INDEXES = ("digests.json", "codec_digests.json")
+DIGESTS = {name: known for index in INDEXES for name, known in json.loads((VECTORS / index).read_text()).items()}
+GOLDEN = sorted(VECTORS / name for name in DIGESTS)
 
 
 # ---- constants, read from the spec's tables ----------------------------------------------------
@@ -153,7 +157,8 @@ def to_dtype(x, dtype):
     if dtype == "float32":
         return f
     if dtype == "float16":
-        return f.astype(np.float16)
+        with np.errstate(over="ignore"):   # overflow gives +-inf (§8.6)
+            return f.astype(np.float16)
     u = f.view(np.uint32).astype(np.uint64)
     return (((u + 0x7FFF + ((u >> np.uint64(16)) & np.uint64(1))) >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16)
 
@@ -176,6 +181,7 @@ def read(buf: bytes) -> dict:
     header_bytes = buf[h_off:h_off + h_len]
     assert hashlib.sha256(buf[:16] + header_bytes + buf[len(buf) - 64:len(buf) - 48]).digest() == digest
     header = msgpack.unpackb(header_bytes, raw=False)
+    assert all(isinstance(k, str) for k in _keys(header))
     pos = 64
     for s in header["sections"]:
         assert s["offset"] == -(-pos // 64) * 64 and not any(buf[pos:s["offset"]])
@@ -193,11 +199,23 @@ def read(buf: bytes) -> dict:
         out[t["name"]] = arr
     for t in header["tensors"]:
         if t["kind"] == "alias":
+            SEEN.add(("alias",))
             target = next(u for u in header["tensors"] if u["name"] == t["target"])
             assert target["kind"] != "alias" and (target["shape"], target["dtype"], target["digest"]) == (
                 t["shape"], t["dtype"], t["digest"])
             out[t["name"]] = out[t["target"]]
     return out
+
+
+def _keys(obj):
+    """Every map key of the header, at every level (§3: keys are str)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _keys(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _keys(v)
 
 
 def decode_raw(t, payload):
@@ -217,6 +235,7 @@ def decode_raw(t, payload):
             assert t["encoding"] == "zstd"
     assert len(data) == size
     arr = np.frombuffer(data, dt).reshape(t["shape"])
+    SEEN.add(("raw", t["encoding"]))
     if t["dtype"] == "bool":
         assert arr.max(initial=0) <= 1
     return arr
@@ -224,9 +243,21 @@ def decode_raw(t, payload):
 
 def decode_permuted(t, payload):
     shape = t["shape"]
-    assert t.get("layout", "rows") == "rows" and t["codec"]["name"] == "plain"
+    assert t.get("layout", "rows") == "rows"
+    assert set(t["init"]) <= {"dist", "scale", "seed", "stream", "prune", "label"}
     rows, n = (1, shape[0]) if len(shape) == 1 else (shape[0], int(np.prod(shape[1:])))
     v = to_dtype(binary64(t["init"], rows * n), t["dtype"]).reshape(rows, n)
+    codec = dict(t["codec"])
+    name = codec.pop("name")
+    assert codec.pop("version", 1) == 1
+    SEEN.update({("codec", name), (name, t["dtype"]), ("dist", t["init"]["dist"])})
+    if t["init"].get("prune", 0):
+        SEEN.add(("prune",))
+    if name != "plain":
+        perm = DECODERS[name]({"name": name, **codec}, payload, v)
+        assert (np.sort(perm, axis=1) == np.arange(n)).all()
+        return np.take_along_axis(v, perm, 1).reshape(shape)
+    assert not codec
     wd = max(1, (n - 1).bit_length())
     nbits = rows * n * wd
     assert len(payload) == (nbits + 7) // 8
@@ -246,7 +277,7 @@ def test_golden_files_exist():
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.name)
 def test_spec_reader_decodes_golden_file(path):
     buf = path.read_bytes()
-    known = json.loads((VECTORS / "digests.json").read_text())[path.name]
+    known = DIGESTS[path.name]
     assert hashlib.sha256(buf).hexdigest() == known["sha256"]
     tensors = read(buf)
     assert {n: hashlib.sha256(a.tobytes()).hexdigest() for n, a in tensors.items()} == known["tensors"]
