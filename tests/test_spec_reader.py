@@ -19,6 +19,7 @@ import msgpack
 import numpy as np
 import pytest
 import zstandard
+import test_spec_codecs
 from test_spec_codecs import DECODERS, SEEN
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -281,6 +282,22 @@ def test_spec_reader_decodes_golden_file(path):
     assert hashlib.sha256(buf).hexdigest() == known["sha256"]
     tensors = read(buf)
     assert {n: hashlib.sha256(a.tobytes()).hexdigest() for n, a in tensors.items()} == known["tensors"]
+
+
+def test_lanes_count_symbols_with_freq_M(monkeypatch):
+    """uniform.md §2 as written (every position takes its lane's turn, even with freq = M) decodes
+    the multi-lane golden files above; the other reading (skipping those symbols) does not."""
+    advance = test_spec_codecs.Lanes.advance
+
+    def skipping(self, cum, freq, trace=None):
+        advance(self, cum, freq, trace)
+        if freq == test_spec_codecs.M:
+            self.k -= 1
+
+    monkeypatch.setattr(test_spec_codecs.Lanes, "advance", skipping)
+    for name in ("codec_uniform_lanes.perm", "codec_model_lanes.perm"):
+        with pytest.raises((AssertionError, IndexError, StopIteration)):
+            read((VECTORS / name).read_bytes())
 
 
 # ---- the test vectors of §14 -------------------------------------------------------------------------
