@@ -351,8 +351,7 @@ class File:
         return _tag(t, e)
 
     def rules(self) -> dict[str, Rule]:
-        """{name: Rule} of the permuted tensors (aliases included), from the header alone."""
-        return {n: Rule.from_dict(self.entry(n)["init"]) for n in self.keys() if self.entry(n)["kind"] == "permuted"}
+        return rules_in(self)
 
     def close(self):
         mm, self._mm = getattr(self, "_mm", None), None
@@ -368,6 +367,12 @@ class File:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def rules_in(f) -> dict[str, Rule]:
+    """{name: Rule} of the permuted tensors (aliases included) of an open File or ShardedFile, from
+    the headers alone."""
+    return {n: Rule.from_dict(f.entry(n)["init"]) for n in f.keys() if f.entry(n)["kind"] == "permuted"}
 
 
 def _tag(t: torch.Tensor, entry: dict) -> torch.Tensor:

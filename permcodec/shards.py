@@ -461,6 +461,9 @@ class ShardedFile:
     def get_tensor(self, name, device="cpu", check_digest: bool = False):
         return self._file_of(name).get_tensor(name, device, check_digest)
 
+    def rules(self) -> dict:
+        return self._api.rules_in(self)
+
     def close(self):
         with self._lock:
             files, self._files = self._files, {}
