@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from test_spec_codecs import SEEN
-from test_spec_reader import GOLDEN, read
+from test_spec_reader import GOLDEN, SHARDED, VECTORS, read, read_sharded
 
 FLOATS = ("float64", "float32", "float16", "bfloat16")
 RANS = ("lanes=1", "lanes>1", "segments=1", "segments>1", "short last segment", "idle lanes",
@@ -19,7 +19,7 @@ REQUIRED = (
     [("codec", c) for c in ("plain", "packed", "uniform", "model")]
     + [(c, d) for c in ("plain", "packed", "uniform", "model") for d in FLOATS]
     + [("raw", e) for e in ("none", "zstd", "shuffle+zstd")]
-    + [("alias",), ("prune",)] + [("dist", d) for d in ("uniform", "normal", "constant")]
+    + [("alias",), ("prune",), ("shards",)] + [("dist", d) for d in ("uniform", "normal", "constant")]
     + [("packed", p) for p in ("PERM", "SEQ", "ties", "distinct")]
     + [(c, p) for c in ("uniform", "model") for p in RANS]
     + [("model", f"context {k}") for k in range(6)]
@@ -36,6 +36,11 @@ def paths() -> dict:
         read(path.read_bytes())
         for p in SEEN:
             out.setdefault(p, []).append(path.name)
+    for index in SHARDED:
+        SEEN.clear()
+        read_sharded(VECTORS / "sharded" / index)
+        for p in SEEN:
+            out.setdefault(p, []).append(index)
     return out
 
 

@@ -41,7 +41,14 @@ CODEC_PATHS = {  # packed, multi-lane / multi-segment rANS, model contexts (issu
     "codec_packed_weight_agnostic.perm": "b15faf544cd02acd8d857dbaa119807060b5305e90b63493e21e160088a5c9ce",
     "codec_uniform_lanes.perm": "ec42b0376a6a722537da0839353dbda40f2c1359168c2d5d2e22201b4c8d97f2",
 }
-RELEASED = {**FIRST_RELEASE, **CODEC_PATHS}
+SHARDED_SAVE = {  # SPEC §16: an index and its shards, with the shard map (save id)
+    "sharded/model-00001-of-00004.perm": "d43bcb7e8196e304209844914c3323db49671fd7b8b7022e43211cc5c938b630",
+    "sharded/model-00002-of-00004.perm": "ce3ea67721f1442aae9b1261539ad4e87f4b16090c8ffb701022e098b0b2e395",
+    "sharded/model-00003-of-00004.perm": "16e85b02bd6287179093f8ea1ff30402b2d59d993a1d4a79734abe3052f92305",
+    "sharded/model-00004-of-00004.perm": "ffb1cdd0c88ed13ca3ae71327c18207d31236c6cb37367c49e1ea52d8216d9f7",
+    "sharded/model.perm.index.json": "e7e635cd99a623f9d01b088ac42816514d0f8298b5fd1e04d39be65624b9791f",
+}
+RELEASED = {**FIRST_RELEASE, **CODEC_PATHS, **SHARDED_SAVE}
 
 
 @pytest.mark.parametrize("name", sorted(RELEASED))
@@ -52,4 +59,6 @@ def test_released_bytes_unchanged(name):
 def test_every_golden_file_is_pinned():
     """A golden file listed in a digests file must be pinned here once it is released."""
     listed = {n for index in ("digests.json", "codec_digests.json") for n in json.loads((VECTORS / index).read_text())}
+    for index, known in json.loads((VECTORS / "sharded_digests.json").read_text()).items():
+        listed |= {f"sharded/{n}" for n in [index, *known["shards"]]}
     assert len(FIRST_RELEASE) == 20 and listed == set(RELEASED)

@@ -28,6 +28,7 @@ VECTORS = ROOT / "formats" / "vectors"
 INDEXES = ("digests.json", "codec_digests.json")
 DIGESTS = {name: known for index in INDEXES for name, known in json.loads((VECTORS / index).read_text()).items()}
 GOLDEN = sorted(VECTORS / name for name in DIGESTS)
+SHARDED = json.loads((VECTORS / "sharded_digests.json").read_text())
 
 
 # ---- constants, read from the spec's tables ----------------------------------------------------
@@ -171,7 +172,7 @@ WIDTH = {"float64": "<f8", "float32": "<f4", "float16": "<f2", "bfloat16": "<u2"
          "bool": "u1"}
 
 
-def read(buf: bytes) -> dict:
+def read(buf: bytes, header_out: dict | None = None) -> dict:
     """{name: numpy array in storage dtype} of a whole file, checking what the spec says to check."""
     assert len(buf) >= 128 and buf[:8] == b"\x89PERM\r\n\x1a"
     major, minor, flags = struct.unpack_from("<HHI", buf, 8)
@@ -182,6 +183,8 @@ def read(buf: bytes) -> dict:
     header_bytes = buf[h_off:h_off + h_len]
     assert hashlib.sha256(buf[:16] + header_bytes + buf[len(buf) - 64:len(buf) - 48]).digest() == digest
     header = msgpack.unpackb(header_bytes, raw=False)
+    if header_out is not None:
+        header_out.update(header)
     assert all(isinstance(k, str) for k in _keys(header))
     pos = 64
     for s in header["sections"]:
@@ -205,6 +208,31 @@ def read(buf: bytes) -> dict:
             assert target["kind"] != "alias" and (target["shape"], target["dtype"], target["digest"]) == (
                 t["shape"], t["dtype"], t["digest"])
             out[t["name"]] = out[t["target"]]
+    return out
+
+
+def read_sharded(index_path: pathlib.Path) -> dict:
+    """{name: array} of a sharded model (§16): the index, then every shard checked against it."""
+    index = json.loads(index_path.read_bytes().decode("utf-8"))
+    weight_map = index["weight_map"]
+    listing = index["metadata"]["permcodec"]["shards"]
+    files = sorted(set(weight_map.values()))
+    assert all(f and f not in (".", "..") and "/" not in f and "\\" not in f for f in files)
+    assert set(listing) == set(files)
+    out, marks = {}, []
+    for f in files:
+        buf = (index_path.parent / f).read_bytes()
+        assert len(buf) == listing[f]["bytes"] and buf[-48:-16].hex() == listing[f]["trailer_sha256"]
+        header: dict = {}
+        tensors = read(buf, header)
+        assert {t["name"] for t in header["tensors"]} == {n for n, g in weight_map.items() if g == f}
+        marks.append(header["shard"])
+        out.update(tensors)
+    K = len(files)
+    assert len({m["save_id"] for m in marks}) == 1 and len(marks[0]["save_id"]) == 16
+    assert sorted(m["number"] for m in marks) == list(range(1, K + 1))
+    assert all(m["last"] == (m["number"] == K) for m in marks)
+    SEEN.add(("shards",))
     return out
 
 
@@ -298,6 +326,17 @@ def test_lanes_count_symbols_with_freq_M(monkeypatch):
     for name in ("codec_uniform_lanes.perm", "codec_model_lanes.perm"):
         with pytest.raises((AssertionError, IndexError, StopIteration)):
             read((VECTORS / name).read_bytes())
+
+
+@pytest.mark.parametrize("index", sorted(SHARDED))
+def test_spec_reader_decodes_sharded_save(index):
+    known = SHARDED[index]
+    path = VECTORS / "sharded" / index
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == known["sha256"]
+    for f, sha in known["shards"].items():
+        assert hashlib.sha256((path.parent / f).read_bytes()).hexdigest() == sha
+    tensors = read_sharded(path)
+    assert {n: hashlib.sha256(a.tobytes()).hexdigest() for n, a in tensors.items()} == known["tensors"]
 
 
 # ---- the test vectors of §14 -------------------------------------------------------------------------
