@@ -381,6 +381,18 @@ def test_packed_worked_examples():
     assert packed_decode({"name": "packed", "ties": True}, b"\x90", pruned).tolist() == [[1, 0, 2, 3, 4, 5]]
 
 
+def test_packed_ties_false_with_equal_values_is_rejected():
+    """packed.md §2: even a payload of the length a class-blind reader expects is rejected."""
+    v = np.array([[0, 0.5, 0, 0.5, 0, 0]], np.float32)
+    blind = bytes(-(-sum(schedule(tuple(range(6, 1, -1)))) // 8))
+    try:
+        packed_decode({"name": "packed", "ties": False}, blind, v)
+    except AssertionError as e:
+        assert "ties=false but a row holds equal values" in str(e)
+    else:
+        raise AssertionError("decoded a ties=false payload over a row with equal values")
+
+
 def _rows(text: str, header: str):
     lines = text[text.index(header):].splitlines()
     for line in lines[2:]:
