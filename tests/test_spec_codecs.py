@@ -244,6 +244,43 @@ def valid_buckets(v, C, r):
     return out
 
 
+def slot_spans(table, vlo, C, r) -> list:
+    """model.md §6: [(id, d0, w, G_b, T_b)] of the valid buckets; the T_b sum to M."""
+    buckets = valid_buckets(vlo, C, r)
+    W, E, K, G, spans = sum(table[b] for b, _, _ in buckets), M - (r - vlo), 0, 0, []
+    for b, d0, w in buckets:
+        q0 = K * E // W
+        K += table[b]
+        T = w + K * E // W - q0
+        spans.append((b, d0, w, G, T))
+        G += T
+    assert G == M
+    return spans
+
+
+def cdf(j, C, r, spans) -> int:
+    """F(j) of model.md §6."""
+    if j == r:
+        return M
+    b, d0, w, G, T = next(sp for sp in spans if sp[1] <= j - C < sp[1] + sp[2])
+    return G + (j - C - d0) * T // w
+
+
+def context(t, i, frozen, lags, disp, rem, cls, last) -> tuple:
+    """model.md §5: (context k, first valid item v, centre C) of position i at sorted index t."""
+    n = len(disp)
+    r = n - t
+    if frozen:
+        vlo = sum(rem[:last])
+        assert vlo < r
+        return 1, vlo, vlo
+    N = [disp[q] for lag in lags for q in (i - lag, i + lag) if 0 <= q < n and disp[q] is not None]
+    if not N:
+        return 0, 0, 0
+    P = min(max(t + sum(N) // len(N), 0), n - 1)
+    return 1 + min(len(N), 4), 0, min(sum(rem[:cls[P]]), r - 1)
+
+
 def model_decode(params, payload, v, trace=None):
     assert set(params) == {"name", "lanes", "segment_rows", "frozen", "lags"}
     rows, n = v.shape
@@ -271,39 +308,10 @@ def model_decode(params, payload, v, trace=None):
             disp, final, last = [None] * n, [None] * n, 0
             for t, i in enumerate(order):
                 r = n - t
-                A = lambda c: sum(rem[:c])
-                if frozen[i]:
-                    k, C = 1, A(last)
-                    vlo = C
-                    assert vlo < r
-                else:
-                    vlo = 0
-                    N = [disp[q] for lag in lags for q in (i - lag, i + lag) if 0 <= q < n and disp[q] is not None]
-                    if not N:
-                        k, C = 0, 0
-                    else:
-                        k = 1 + min(len(N), 4)
-                        P = min(max(t + sum(N) // len(N), 0), n - 1)
-                        C = min(A(cls[P]), r - 1)
+                k, vlo, C = context(t, i, frozen[i], lags, disp, rem, cls, last)
                 SEEN.add(("model", f"context {k}"))
                 table = cnt[k]
-                buckets = valid_buckets(vlo, C, r)
-                W, E, K, G, spans = sum(table[b] for b, _, _ in buckets), M - (r - vlo), 0, 0, []
-                for b, d0, w in buckets:
-                    q0 = K * E // W
-                    K += table[b]
-                    T = w + K * E // W - q0
-                    spans.append((b, d0, w, G, T))
-                    G += T
-                assert G == M
-
-                def F(j):
-                    if j == r:
-                        return M
-                    d = j - C
-                    b, d0, w, Gb, T = next(sp for sp in spans if sp[1] <= d < sp[1] + sp[2])
-                    return Gb + (d - d0) * T // w
-
+                spans = slot_spans(table, vlo, C, r)
                 s = rd.slot()
                 b, d0, w, Gb, T = next(sp for sp in spans if sp[3] <= s < sp[3] + sp[4])
                 j = C + d0 + ((s - Gb + 1) * w - 1) // T
@@ -312,7 +320,7 @@ def model_decode(params, payload, v, trace=None):
                     a += rem[cf]
                     cf += 1
                 e = a + rem[cf]
-                rd.advance(F(a), F(e) - F(a), trace)
+                rd.advance(cdf(a, C, r, spans), cdf(e, C, r, spans) - cdf(a, C, r, spans), trace)
                 final[i] = cf
                 dstar = 0 if a <= C < e else (a - C if a > C else e - 1 - C)
                 table[bucket_id(dstar)] += 24
