@@ -20,7 +20,7 @@ REQUIRED = (
     + [(c, d) for c in ("plain", "packed", "uniform", "model") for d in FLOATS]
     + [("raw", e) for e in ("none", "zstd", "shuffle+zstd")]
     + [("alias",), ("prune",), ("shards",)] + [("dist", d) for d in ("uniform", "normal", "constant")]
-    + [("packed", p) for p in ("PERM", "SEQ", "ties", "distinct")]
+    + [("packed", p) for p in ("PERM", "SEQ", "SEQ, 3 tied classes", "ties", "distinct")]
     + [(c, p) for c in ("uniform", "model") for p in RANS]
     + [("model", f"context {k}") for k in range(6)]
     + [("model", p) for p in ("frozen", "halving", "0 lags", "1 lags", "2 lags", "4 lags")]

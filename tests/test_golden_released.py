@@ -37,7 +37,7 @@ CODEC_PATHS = {  # packed, multi-lane / multi-segment rANS, model contexts (issu
     "codec_packed_dense.perm": "93ad45196b0a7b09574de8076f0ed2ea149b30e8cf67d36f166158fc68196296",
     "codec_packed_mixed.perm": "882d3b02c45999cb3905d4a997d3054a3ff2595a3ceee7a705ba1a9a6acf1e1c",
     "codec_packed_pruned90.perm": "26463e457f737e4269eb9b3be9ef269bdca5eab870aa82624195c1876b3efd8e",
-    "codec_packed_seq.perm": "62b029b79c007b7b89a58d20e0ebacf134ea489d15b19f333aa33d3b548814fd",
+    "codec_packed_seq.perm": "5f88e1a2028589e20846fe1fb416ed22b77110b05b2f1f56961d9cc038fdb297",
     "codec_packed_weight_agnostic.perm": "b15faf544cd02acd8d857dbaa119807060b5305e90b63493e21e160088a5c9ce",
     "codec_uniform_lanes.perm": "ec42b0376a6a722537da0839353dbda40f2c1359168c2d5d2e22201b4c8d97f2",
 }

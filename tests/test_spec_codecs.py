@@ -79,6 +79,8 @@ def packed_decode(params, payload, v):
         seq = k > 1 and sum(schedule(seq_rad)) < sum(schedule(perm_rad))
         layout.append((classes, big, seq_rad if seq else perm_rad, seq))
         SEEN.add(("packed", "SEQ" if seq else "PERM"))
+        if seq and sum(len(c) > 1 for c in classes) >= 3:
+            SEEN.add(("packed", "SEQ, 3 tied classes"))
         SEEN.add(("packed", "ties" if params["ties"] else "distinct"))
     total = sum(sum(schedule(rad)) for _, _, rad, _ in layout)
     assert len(payload) == (total + 7) // 8

@@ -77,10 +77,11 @@ def _tensor(s, r, opts, name, family, shape, dtype=torch.float32, spread=None, f
 
 
 def seq():
-    """Rows that packed codes in SEQ mode: float16 values overflowing to +-inf (two large tied
-    classes, pruned zeros, a few singletons) and a bfloat16 constant half pruned (two classes)."""
+    """Rows that packed codes in SEQ mode: float16 values that overflow to +-inf or are pruned
+    (three tied classes: -inf, +0.0, +inf; a rare finite singleton) and a bfloat16 constant half
+    pruned (two classes)."""
     s, r, o = {}, {}, {}
-    _tensor(s, r, o, "inf.weight", "uniform", (6, 48), torch.float16, value=2e5, prune=0.3)
+    _tensor(s, r, o, "inf.weight", "uniform", (6, 48), torch.float16, value=1e7, prune=0.3)
     _tensor(s, r, o, "const.weight", "constant", (8, 40), torch.bfloat16, value=-1.5, prune=0.5)
     return s, r, {"description": "packed SEQ rows: float16 +-inf ties, bfloat16 constant 50% pruned"}, o
 
