@@ -32,14 +32,14 @@ FIRST_RELEASE = {  # format 1.0: the core files and the first uniform / model co
     "codec_uniform_weight_agnostic.perm": "a5a16643971c5a0872ff0073209a516ecfe01b14a9983505a4d274bc2ef11bf6",
 }
 CODEC_PATHS = {  # packed, multi-lane / multi-segment rANS, model contexts (issue 17)
-    "codec_model_contexts.perm": "4a47f66aa087193f85e702a507e3332195ce18febf4274bfcf80f39ed6791a7f",
-    "codec_model_lanes.perm": "7fdb2c9880886cda8cf90cc6e673ff97f913ead6fa0ee2bfc50ed948dc19e002",
+    "codec_model_contexts.perm": "7da7394f4129d7143e045f8e9bcb6044196c37368dc70ec8590a7dca8a944436",
+    "codec_model_lanes.perm": "be12a1b3a09d7445ad1ed0cb66683d8f040b5031de10b5293314ba52ecb7dcb8",
     "codec_packed_dense.perm": "93ad45196b0a7b09574de8076f0ed2ea149b30e8cf67d36f166158fc68196296",
     "codec_packed_mixed.perm": "882d3b02c45999cb3905d4a997d3054a3ff2595a3ceee7a705ba1a9a6acf1e1c",
     "codec_packed_pruned90.perm": "26463e457f737e4269eb9b3be9ef269bdca5eab870aa82624195c1876b3efd8e",
     "codec_packed_seq.perm": "5f88e1a2028589e20846fe1fb416ed22b77110b05b2f1f56961d9cc038fdb297",
     "codec_packed_weight_agnostic.perm": "b15faf544cd02acd8d857dbaa119807060b5305e90b63493e21e160088a5c9ce",
-    "codec_uniform_lanes.perm": "ec42b0376a6a722537da0839353dbda40f2c1359168c2d5d2e22201b4c8d97f2",
+    "codec_uniform_lanes.perm": "7833abd0632fc52c74c1485ac80ad9d72c70ecc34a3fc273107cf6130a38a0dc",
 }
 SHARDED_SAVE = {  # SPEC §16: an index and its shards, with the shard map (save id)
     "sharded/model-00001-of-00004.perm": "d43bcb7e8196e304209844914c3323db49671fd7b8b7022e43211cc5c938b630",

@@ -52,20 +52,24 @@ def near():
 
 
 def rearranged(rule, shape, dtype=torch.float32, spread=None, fixed=()):
-    """``rule``'s values with every row rearranged by portable Philox words: uniformly at random
-    (``spread`` None) or near the initial order (rank noise up to ``spread`` * n); the columns in
-    ``fixed`` keep their own values (fixed points: columns a ``model`` encoder may freeze)."""
+    """``rule``'s values with every row rearranged by portable Philox words: uniformly at random,
+    except the columns in ``fixed``, which keep their own values (fixed points: columns a ``model``
+    encoder may freeze); or, with ``spread``, near the initial order (each position takes the value
+    whose rank is its own initial rank plus noise of up to ``spread`` * n, as in ``near``)."""
     v = values_tensor(rule, shape, dtype)
     rows, n = as_rows(shape)
     words = philox.blocks(mv.SEED, stream_of(f"golden:{rule.stream}"), 0, 0, (rows * n + 3) // 4).reshape(-1)[:rows * n]
     words = words.reshape(rows, n).astype(np.int64)
-    key = words if spread is None else np.arange(n) * 4 + (words % (2 * int(spread * n) + 1) - int(spread * n)) * 4
-    free = np.setdiff1d(np.arange(n), np.asarray(fixed, np.int64))
-    order = np.tile(np.arange(n), (rows, 1))
-    order[:, free] = free[np.argsort(key[:, free], axis=1, kind="stable")]
-    if spread is not None:  # near: place the sorted values by noisy rank instead of the positions
-        srt = np.argsort(v.reshape(rows, n).float().numpy() if dtype == torch.bfloat16 else v.reshape(rows, n).numpy(),
-                         axis=1, kind="stable")
+    if spread is None:
+        free = np.setdiff1d(np.arange(n), np.asarray(fixed, np.int64))
+        order = np.tile(np.arange(n), (rows, 1))
+        order[:, free] = free[np.argsort(words[:, free], axis=1, kind="stable")]
+    else:
+        vals = v.reshape(rows, n)
+        srt = np.argsort((vals.float() if dtype == torch.bfloat16 else vals).numpy(), axis=1, kind="stable")
+        rank = np.argsort(srt, axis=1, kind="stable")
+        half = int(spread * n)
+        key = rank * 4 + (words % (2 * half + 1) - half) * 4 + np.arange(n) % 4
         order = np.take_along_axis(srt, np.argsort(np.argsort(key, 1, kind="stable"), 1, kind="stable"), 1)
     return torch.gather(v.reshape(rows, n), 1, torch.from_numpy(order)).reshape(shape).clone()
 
@@ -139,7 +143,6 @@ def save_with(state, path, rules, codec, options, metadata) -> int:
 BUILDERS = {"tiny": mv.tiny, "dense": mv.dense, "pruned90": mv.BUILDERS["pruned90"],
             "weight_agnostic": mv.weight_agnostic, "mixed": mv.mixed, "near": near}
 FILES = {f"codec_{codec}_{name}.perm": (codec, name) for codec in ("uniform", "model") for name in BUILDERS}
-RELEASED = set(FILES)  # the first release (12 files); the sets below came later
 BUILDERS.update(seq=seq, lanes=lanes, contexts=contexts)
 FILES.update({f"codec_packed_{name}.perm": ("packed", name)
               for name in ("dense", "pruned90", "weight_agnostic", "mixed", "seq")})
