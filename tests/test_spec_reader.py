@@ -278,7 +278,8 @@ def decode_permuted(t, payload):
     v = to_dtype(binary64(t["init"], rows * n), t["dtype"]).reshape(rows, n)
     codec = dict(t["codec"])
     name = codec.pop("name")
-    assert codec.pop("version", 1) == 1
+    version = codec.pop("version", 1)
+    assert type(version) is int and version == 1, "§10.3: every codec is at version 1 in format 1.0"
     SEEN.update({("codec", name), (name, t["dtype"]), ("dist", t["init"]["dist"])})
     if t["init"].get("prune", 0):
         SEEN.add(("prune",))
