@@ -12,7 +12,7 @@ import numpy as np
 import zstandard
 
 from . import codecs, dtypes, perm as _perm
-from .errors import FormatError, PermcodecError
+from .errors import FormatError, PermcodecError, VersionError
 from .rules import Rule
 
 
@@ -103,6 +103,30 @@ def initial_rows(entry: dict) -> np.ndarray:
     return rule.values((rows, n), entry["dtype"])
 
 
+def codec_of(entry: dict):
+    """(codec module, parameters) of a permuted tensor: the codec map less its ``version`` (absent
+    means 1, SPEC §10), once this permcodec is known to read that version of the codec."""
+    params = dict(entry["codec"])
+    version = params.pop("version", 1)
+    module = codecs.get(params["name"])
+    reads = getattr(module, "VERSION", 1)   # a codec module states VERSION once it has a version 2
+    if type(version) is not int or version < 1:
+        raise FormatError(f"tensor {entry['name']!r}: codec version must be an integer >= 1, not {version!r}")
+    if version > reads:
+        from . import __version__
+        raise VersionError(f"tensor {entry['name']!r}: codec {module.NAME!r} version {version} is not readable by "
+                           f"permcodec {__version__}, which reads {module.NAME!r} versions 1 to {reads}: install a "
+                           f"permcodec release that reads {module.NAME!r} version {version} (pip install -U permcodec)")
+    return module, params
+
+
+def _versioned(module, params: dict) -> dict:
+    """The codec map a writer records: ``version`` only past 1, so version-1 files keep the bytes
+    they had before the key existed (the released golden files re-save identically)."""
+    version = getattr(module, "VERSION", 1)
+    return params if version == 1 else {**params, "version": version}
+
+
 def encode_permuted(arr: np.ndarray, rule: Rule, dtype: str, name: str, codec: str = "auto",
                     **options) -> tuple[dict, bytes]:
     """(codec params, payload) of ``arr``, which must rearrange ``rule``'s values row by row."""
@@ -116,17 +140,18 @@ def encode_permuted(arr: np.ndarray, rule: Rule, dtype: str, name: str, codec: s
         if len(candidates) > 1 and worth is not None and not worth(p, v):
             continue
         params, payload = module.encode(p, v, **options)
+        params = _versioned(module, params)
         if best is None or len(payload) < len(best[1]):
             best = (params, payload)
     return best
 
 
 def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> np.ndarray:
-    module = codecs.get(entry["codec"]["name"])
+    module, params = codec_of(entry)
     check = getattr(module, "check_payload", None)  # optional: reject a payload before generating values
     try:
         if check is not None:
-            check(entry["codec"], payload, *_perm.as_rows(entry["shape"]))
+            check(params, payload, *_perm.as_rows(entry["shape"]))
     except PermcodecError:
         raise
     except Exception as e:
@@ -134,7 +159,7 @@ def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> n
     v = initial_rows(entry) if values is None else values
     fused = getattr(module, "decode_values", None)  # decode + check_apply in one pass (fast codecs)
     try:
-        p = (fused or module.decode)(entry["codec"], payload, v)
+        p = (fused or module.decode)(params, payload, v)
     except PermcodecError:
         raise
     except Exception as e:  # a codec must not crash on hostile bytes; report it as corrupt
@@ -153,3 +178,8 @@ def decode(entry: dict, payload) -> np.ndarray:
     if entry["kind"] == "raw":
         return decode_raw(entry, payload)
     return decode_permuted(entry, payload)
+
+
+def nbytes(entry: dict) -> int:
+    """Decoded bytes of a header entry (shape × itemsize)."""
+    return math.prod(entry["shape"]) * dtypes.itemsize(entry["dtype"])

@@ -322,6 +322,12 @@ MUST_REJECT = {
     # 19: codecs
     "codec-unknown": edit(lambda h: _t(h, "w").__setitem__("codec", {"name": "zip"})),
     "plain-unknown-param": edit(lambda h: _t(h, "w")["codec"].__setitem__("width", 2)),
+    "codec-version-unread": edit(lambda h: _t(h, "w")["codec"].__setitem__("version", 2)),
+    "codec-version-zero": edit(lambda h: _t(h, "w")["codec"].__setitem__("version", 0)),
+    "codec-version-bool": edit(lambda h: _t(h, "w")["codec"].__setitem__("version", True)),
+    "codec-version-str": edit(lambda h: _t(h, "w")["codec"].__setitem__("version", "1")),
+    "codec-bin-key": edit(lambda h: _t(h, "w")["codec"].__setitem__(b"name", "plain")),
+    "init-bin-key": edit(lambda h: _t(h, "w")["init"].__setitem__(b"seed", 7)),
     "plain-wrong-length": payloads(lambda h, s: s.__setitem__(0, s[0] + b"\x00")),
     "plain-spare-bits": payloads(lambda h, s: s.__setitem__(0, bytes([s[0][0] | 0x80]))),
     "plain-repeated-index": payloads(lambda h, s: s.__setitem__(0, bytes([0b000101]))),
@@ -365,6 +371,8 @@ def test_unknown_minor_and_unknown_optional_keys_are_accepted():
     h["future_key"] = {"anything": [1, 2.5, b"x"]}
     _t(h, "w")["future_tensor_key"] = "ignored"
     _t(h, "a")["section"] = 99  # ignored on an alias
+    h[b"future_bin_key"] = 1  # a bin key is a key it does not know (SPEC.md §3)
+    _t(h, "w")["codec"]["version"] = 1  # an explicit codec version 1 reads as its absence (§10.3)
     buf = bytearray(fmt.pack(h, secs))
     buf[10:12] = struct.pack("<H", 7)  # minor 7
     c = fmt.Container(reseal(bytes(buf)))

@@ -1,8 +1,9 @@
 """A second, minimal permcodec reader written from formats/SPEC.md alone.
 
-It imports nothing from permcodec: only struct, hashlib, msgpack, zstandard and numpy. It reads the
+It imports nothing from permcodec: only struct, hashlib, msgpack, zstandard and numpy (and the
+codecs of formats/codecs/*.md, written from those documents in test_spec_codecs.py). It reads the
 AS241 and logarithm constants out of SPEC.md's own tables, decodes every golden file of
-formats/vectors/ (raw encodings, plain codec, aliases, every rule distribution) and checks the
+formats/vectors/ (raw encodings, every codec, aliases, every rule distribution) and checks the
 digests, and recomputes the test vectors printed in SPEC.md §14. If it passes, the spec is complete
 enough to write a reader from; if the spec has a typo in a constant, it fails.
 """
@@ -18,11 +19,16 @@ import msgpack
 import numpy as np
 import pytest
 import zstandard
+import test_spec_codecs
+from test_spec_codecs import DECODERS, SEEN
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPEC = (ROOT / "formats" / "SPEC.md").read_text()
 VECTORS = ROOT / "formats" / "vectors"
-GOLDEN = sorted(VECTORS / name for name in json.loads((VECTORS / "digests.json").read_text()))
+INDEXES = ("digests.json", "codec_digests.json")
+DIGESTS = {name: known for index in INDEXES for name, known in json.loads((VECTORS / index).read_text()).items()}
+GOLDEN = sorted(VECTORS / name for name in DIGESTS)
+SHARDED = json.loads((VECTORS / "sharded_digests.json").read_text())
 
 
 # ---- constants, read from the spec's tables ----------------------------------------------------
@@ -153,7 +159,8 @@ def to_dtype(x, dtype):
     if dtype == "float32":
         return f
     if dtype == "float16":
-        return f.astype(np.float16)
+        with np.errstate(over="ignore"):   # overflow gives +-inf (§8.6)
+            return f.astype(np.float16)
     u = f.view(np.uint32).astype(np.uint64)
     return (((u + 0x7FFF + ((u >> np.uint64(16)) & np.uint64(1))) >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16)
 
@@ -165,7 +172,7 @@ WIDTH = {"float64": "<f8", "float32": "<f4", "float16": "<f2", "bfloat16": "<u2"
          "bool": "u1"}
 
 
-def read(buf: bytes) -> dict:
+def read(buf: bytes, header_out: dict | None = None) -> dict:
     """{name: numpy array in storage dtype} of a whole file, checking what the spec says to check."""
     assert len(buf) >= 128 and buf[:8] == b"\x89PERM\r\n\x1a"
     major, minor, flags = struct.unpack_from("<HHI", buf, 8)
@@ -176,6 +183,9 @@ def read(buf: bytes) -> dict:
     header_bytes = buf[h_off:h_off + h_len]
     assert hashlib.sha256(buf[:16] + header_bytes + buf[len(buf) - 64:len(buf) - 48]).digest() == digest
     header = msgpack.unpackb(header_bytes, raw=False)
+    if header_out is not None:
+        header_out.update(header)
+    assert all(isinstance(k, str) for k in _keys(header))
     pos = 64
     for s in header["sections"]:
         assert s["offset"] == -(-pos // 64) * 64 and not any(buf[pos:s["offset"]])
@@ -193,11 +203,48 @@ def read(buf: bytes) -> dict:
         out[t["name"]] = arr
     for t in header["tensors"]:
         if t["kind"] == "alias":
+            SEEN.add(("alias",))
             target = next(u for u in header["tensors"] if u["name"] == t["target"])
             assert target["kind"] != "alias" and (target["shape"], target["dtype"], target["digest"]) == (
                 t["shape"], t["dtype"], t["digest"])
             out[t["name"]] = out[t["target"]]
     return out
+
+
+def read_sharded(index_path: pathlib.Path) -> dict:
+    """{name: array} of a sharded model (§16): the index, then every shard checked against it."""
+    index = json.loads(index_path.read_bytes().decode("utf-8"))
+    weight_map = index["weight_map"]
+    listing = index["metadata"]["permcodec"]["shards"]
+    files = sorted(set(weight_map.values()))
+    assert all(f and f not in (".", "..") and "/" not in f and "\\" not in f for f in files)
+    assert set(listing) == set(files)
+    out, marks = {}, []
+    for f in files:
+        buf = (index_path.parent / f).read_bytes()
+        assert len(buf) == listing[f]["bytes"] and buf[-48:-16].hex() == listing[f]["trailer_sha256"]
+        header: dict = {}
+        tensors = read(buf, header)
+        assert {t["name"] for t in header["tensors"]} == {n for n, g in weight_map.items() if g == f}
+        marks.append(header["shard"])
+        out.update(tensors)
+    K = len(files)
+    assert len({m["save_id"] for m in marks}) == 1 and len(marks[0]["save_id"]) == 16
+    assert sorted(m["number"] for m in marks) == list(range(1, K + 1))
+    assert all(m["last"] == (m["number"] == K) for m in marks)
+    SEEN.add(("shards",))
+    return out
+
+
+def _keys(obj):
+    """Every map key of the header, at every level (§3: keys are str)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _keys(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _keys(v)
 
 
 def decode_raw(t, payload):
@@ -217,6 +264,7 @@ def decode_raw(t, payload):
             assert t["encoding"] == "zstd"
     assert len(data) == size
     arr = np.frombuffer(data, dt).reshape(t["shape"])
+    SEEN.add(("raw", t["encoding"]))
     if t["dtype"] == "bool":
         assert arr.max(initial=0) <= 1
     return arr
@@ -224,9 +272,22 @@ def decode_raw(t, payload):
 
 def decode_permuted(t, payload):
     shape = t["shape"]
-    assert t.get("layout", "rows") == "rows" and t["codec"]["name"] == "plain"
+    assert t.get("layout", "rows") == "rows"
+    assert set(t["init"]) <= {"dist", "scale", "seed", "stream", "prune", "label"}
     rows, n = (1, shape[0]) if len(shape) == 1 else (shape[0], int(np.prod(shape[1:])))
     v = to_dtype(binary64(t["init"], rows * n), t["dtype"]).reshape(rows, n)
+    codec = dict(t["codec"])
+    name = codec.pop("name")
+    version = codec.pop("version", 1)
+    assert type(version) is int and version == 1, "§10.3: every codec is at version 1 in format 1.0"
+    SEEN.update({("codec", name), (name, t["dtype"]), ("dist", t["init"]["dist"])})
+    if t["init"].get("prune", 0):
+        SEEN.add(("prune",))
+    if name != "plain":
+        perm = DECODERS[name]({"name": name, **codec}, payload, v)
+        assert (np.sort(perm, axis=1) == np.arange(n)).all()
+        return np.take_along_axis(v, perm, 1).reshape(shape)
+    assert not codec
     wd = max(1, (n - 1).bit_length())
     nbits = rows * n * wd
     assert len(payload) == (nbits + 7) // 8
@@ -246,9 +307,36 @@ def test_golden_files_exist():
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.name)
 def test_spec_reader_decodes_golden_file(path):
     buf = path.read_bytes()
-    known = json.loads((VECTORS / "digests.json").read_text())[path.name]
+    known = DIGESTS[path.name]
     assert hashlib.sha256(buf).hexdigest() == known["sha256"]
     tensors = read(buf)
+    assert {n: hashlib.sha256(a.tobytes()).hexdigest() for n, a in tensors.items()} == known["tensors"]
+
+
+def test_lanes_count_symbols_with_freq_M(monkeypatch):
+    """uniform.md §2 as written (every position takes its lane's turn, even with freq = M) decodes
+    the multi-lane golden files above; the other reading (skipping those symbols) does not."""
+    advance = test_spec_codecs.Lanes.advance
+
+    def skipping(self, cum, freq, trace=None):
+        advance(self, cum, freq, trace)
+        if freq == test_spec_codecs.M:
+            self.k -= 1
+
+    monkeypatch.setattr(test_spec_codecs.Lanes, "advance", skipping)
+    for name in ("codec_uniform_lanes.perm", "codec_model_lanes.perm"):
+        with pytest.raises((AssertionError, IndexError, StopIteration)):
+            read((VECTORS / name).read_bytes())
+
+
+@pytest.mark.parametrize("index", sorted(SHARDED))
+def test_spec_reader_decodes_sharded_save(index):
+    known = SHARDED[index]
+    path = VECTORS / "sharded" / index
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == known["sha256"]
+    for f, sha in known["shards"].items():
+        assert hashlib.sha256((path.parent / f).read_bytes()).hexdigest() == sha
+    tensors = read_sharded(path)
     assert {n: hashlib.sha256(a.tobytes()).hexdigest() for n, a in tensors.items()} == known["tensors"]
 
 

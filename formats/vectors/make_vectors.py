@@ -1,4 +1,5 @@
-"""Write the format 1.0 golden files (formats/SPEC.md §13) and digests.json.
+"""Write the format 1.0 golden files (formats/SPEC.md §14.7) and digests.json, and the sharded
+save of SPEC §16 (sharded/, sharded_digests.json).
 
     python formats/vectors/make_vectors.py            # writes files that do not exist yet
 
@@ -13,6 +14,7 @@ import hashlib
 import json
 import pathlib
 import sys
+from unittest import mock
 
 import numpy as np
 import torch
@@ -142,6 +144,32 @@ def digests(path) -> dict:
     return out
 
 
+SHARDED = HERE / "sharded" / "model.perm"
+SAVE_ID = hashlib.sha256(b"permcodec golden sharded save").digest()[:16]
+
+
+def write_sharded(path=SHARDED) -> int:
+    """mixed() in shards of at most 1500 bytes (uniform codec): an index and four shards, an alias
+    in its target's shard. A real save draws a random save id; this one is fixed so that saving
+    again gives the same bytes."""
+    from permcodec import shards
+    state, rules, meta = mixed()
+    with mock.patch.object(shards.os, "urandom", lambda n: SAVE_ID[:n]):
+        return permcodec.save(state, path, rules=rules, codec="uniform", metadata=meta, max_shard_size=1500)
+
+
+def sharded_digests(index_path) -> dict:
+    index = json.loads(pathlib.Path(index_path).read_text())
+    files = sorted(set(index["weight_map"].values()))
+    out = {"sha256": hashlib.sha256(pathlib.Path(index_path).read_bytes()).hexdigest(),
+           "shards": {n: hashlib.sha256((pathlib.Path(index_path).parent / n).read_bytes()).hexdigest() for n in files},
+           "tensors": {}}
+    state = permcodec.load(index_path)
+    for name, t in state.items():
+        out["tensors"][name] = hashlib.sha256(np.ascontiguousarray(permcodec.api.to_numpy(t)[0]).tobytes()).hexdigest()
+    return out
+
+
 def main():
     index = HERE / "digests.json"
     known = json.loads(index.read_text()) if index.exists() else {}
@@ -154,6 +182,15 @@ def main():
         known[path.name] = digests(path)
         print(f"{path.name}: {size} bytes")
     index.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+    sharded = pathlib.Path(str(SHARDED) + ".index.json")
+    if sharded.exists():
+        print("sharded/: exists, left as it is (golden files never change)")
+        return
+    SHARDED.parent.mkdir(exist_ok=True)
+    size = write_sharded()
+    (HERE / "sharded_digests.json").write_text(json.dumps({sharded.name: sharded_digests(sharded)}, indent=1,
+                                                          sort_keys=True) + "\n")
+    print(f"sharded/: {size} bytes")
 
 
 if __name__ == "__main__":
