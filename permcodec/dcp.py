@@ -174,7 +174,8 @@ class PermcodecWriter(StorageWriter):
                 del payload
             return w.finish(_header({}, entries))
 
-        api._atomic_write(os.path.join(self.path, fname), write)
+        target = os.path.join(self.path, fname)
+        api._atomic_write(target, write, check=lambda tmp: _read_back(tmp, target))
         fut: Future = Future()
         fut.set_result(results)
         return fut
@@ -275,6 +276,19 @@ def _decode_piece(f: api.File, name: str) -> np.ndarray:
         raise IntegrityError(f"piece {name!r} of {f.path} does not rebuild to its recorded digest: the file is "
                              f"corrupt, or was not written by PermcodecWriter")
     return arr
+
+
+def _read_back(tmp: str, path: str) -> None:
+    """api.check_written for a rank file, whose pieces past row 0 only this module decodes: the
+    header always, every piece when the file declares at most api.SELF_CHECK_DECODE_BYTES."""
+    try:
+        with api.File(tmp) as f:
+            if sum(T.nbytes(e) for e in f.entries.values()) <= api.SELF_CHECK_DECODE_BYTES:
+                for name in f.entries:
+                    _decode_piece(f, name)
+    except PermcodecError as e:
+        raise type(e)(f"{path} was not written: the file this save produced does not read back ({e}); "
+                      f"report this with the model") from None
 
 
 class _Pieces:

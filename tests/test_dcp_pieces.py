@@ -137,3 +137,20 @@ def test_consolidation_refuses_pieces_that_do_not_tile(tmp_path):
     assert md.state_dict_metadata["weight"].size == torch.Size([4, 6])
     assert dcp._overlap((slice(0, 2), slice(0, 6)), (slice(1, 3), slice(0, 6)))
     assert not dcp._overlap((slice(0, 2), slice(0, 6)), (slice(2, 4), slice(0, 6)))
+
+
+def test_a_rank_file_that_does_not_read_back_is_not_written(tmp_path, monkeypatch):
+    import torch.distributed.checkpoint as tdcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    def broken(f, name):
+        raise permcodec.IntegrityError("decoder mismatch")
+
+    model = torch.nn.Linear(6, 4)
+    permcodec.init.apply_(model, seed=0)
+    monkeypatch.setattr(dcp, "_decode_piece", broken)
+    with pytest.raises(CheckpointException) as e:
+        tdcp.save(model.state_dict(), storage_writer=dcp.PermcodecWriter(tmp_path, rules=dcp.rules_for(model)))
+    error = e.value.failures[0][0]
+    assert isinstance(error, permcodec.IntegrityError) and "was not written" in str(error)
+    assert dcp.rank_files(tmp_path) == [] and not (tmp_path / dcp.METADATA).exists()
