@@ -109,6 +109,14 @@ def _load_and_compare(rank, folder, expected_path):
                 bad.append(f"{n}.{key}")
     if opt.step_count != STEPS or opt.last_sync != STEPS:
         bad.append("laperm counters")
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+    cols = torch.nn.Parameter(distribute_tensor(torch.zeros(4, 6), init_device_mesh("cpu", (WORLD,)), [Shard(1)]))
+    try:  # a sync needs whole rows: sharding by columns is refused
+        LaPerm([("cols", cols)], torch.optim.Adam([cols]), permute=["cols"])
+        bad.append("Shard(1) accepted")
+    except ValueError as e:
+        if "Shard(0)" not in str(e):
+            bad.append(str(e))
     torch.save(bad, os.path.join(folder, f"bad{rank}.pt"))
 
 
