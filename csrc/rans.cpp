@@ -64,40 +64,44 @@ struct Row {
         ties.resize(size_t(n) + 2);
     }
 
-    // Class ids in order of first occurrence into cls (the table maps a key to its first source).
+    // Class ids in order of first occurrence into cls (the table maps a key to its class id, or
+    // in the hash case to its first source); class sizes into code. Returns the class count.
     int64_t classify(const KeyT* key) {
-        int64_t nid = 0;
-        int32_t* count = code.data();
+        int32_t* const count = code.data();
+        int32_t* const cl = cls.data();
+        int32_t* const tab = table.data();
+        int32_t nid = 0;
         if (direct) {
             for (int64_t i = 0; i < n; ++i) {
-                int32_t& e = table[size_t(key[i])];
+                int32_t& e = tab[size_t(key[i])];
                 if (e < 0) {
-                    e = int32_t(nid);
+                    e = nid;
                     count[nid++] = 0;
                 }
-                cls[i] = e;
+                cl[i] = e;
                 ++count[e];
             }
-            for (int64_t i = 0; i < n; ++i) table[size_t(key[i])] = -1;
+            for (int64_t i = 0; i < n; ++i) tab[size_t(key[i])] = -1;
             return nid;
         }
         std::fill(table.begin(), table.end(), -1);
         const uint64_t mask = (uint64_t(1) << hbits) - 1;
         const int shift = 64 - int(hbits);
         for (int64_t i = 0; i < n; ++i) {
-            uint64_t k = uint64_t(key[i]);
+            const uint64_t k = uint64_t(key[i]);
             uint64_t h = (k * 0x9E3779B97F4A7C15ull) >> shift;
             for (;;) {
-                int32_t f = table[h];
+                const int32_t f = tab[h];
                 if (f < 0) {
-                    table[h] = int32_t(i);
-                    cls[i] = int32_t(nid);
+                    tab[h] = int32_t(i);
+                    cl[i] = nid;
                     count[nid++] = 1;
                     break;
                 }
                 if (uint64_t(key[f]) == k) {
-                    cls[i] = cls[f];
-                    ++count[cls[f]];
+                    const int32_t c = cl[f];
+                    cl[i] = c;
+                    ++count[c];
                     break;
                 }
                 h = (h + 1) & mask;
@@ -108,38 +112,43 @@ struct Row {
 
     // Build the row's items and tie classes from its keys.
     void setup(const KeyT* key) {
-        int64_t nid = classify(key);
+        const int64_t nid = classify(key);
+        int32_t* const it = items.data();
         K = 0;
         top = 0;
         if (nid == n) {  // all distinct: the pool is every source
-            for (int64_t i = 0; i < n; ++i) items[i] = int32_t(i);
+            for (int64_t i = 0; i < n; ++i) it[i] = int32_t(i);
             S = S0 = n;
             return;
         }
-        int32_t* count = code.data();
-        rem = ties.data();
-        used = ties.data() + (n / 2 + 1);
-        int64_t tied = 0;
-        for (int64_t c = 0; c < nid; ++c) {  // count -> tie index (or -1), class by class
-            if (count[c] > 1) {
-                rem[K] = count[c];
-                used[K] = int32_t(tied);
-                tied += count[c];
-                count[c] = int32_t(K++);
+        int32_t* const code_ = code.data();  // holds the class sizes until it becomes the tie index
+        const int32_t* const cl = cls.data();
+        int32_t* const rm = rem = ties.data();
+        int32_t* const us = used = ties.data() + (n / 2 + 1);
+        int32_t k = 0, tied = 0;
+        for (int64_t c = 0; c < nid; ++c) {
+            const int32_t size = code_[c];
+            if (size > 1) {
+                rm[k] = size;
+                us[k] = tied;
+                tied += size;
+                code_[c] = k++;
             } else {
-                count[c] = -1;
+                code_[c] = -1;
             }
         }
+        K = k;
         S = S0 = n - tied;
-        int64_t s = 0;
+        int32_t* const tail = it + S0;
+        int32_t s = 0;
         for (int64_t i = 0; i < n; ++i) {
-            int32_t t = code[cls[i]];
+            const int32_t t = code_[cl[i]];
             if (t < 0)
-                items[s++] = int32_t(i);
+                it[s++] = int32_t(i);
             else
-                items[S0 + used[t]++] = int32_t(i);
+                tail[us[t]++] = int32_t(i);
         }
-        for (int64_t t = 0; t < K; ++t) used[t] -= rem[t];
+        for (int64_t t = 0; t < K; ++t) us[t] -= rm[t];
         top = rans::fen_top(K);
     }
 };
