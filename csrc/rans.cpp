@@ -161,11 +161,11 @@ enum DecodeError { OK = 0, BAD_STATE = 1, EARLY_END = 2, BAD_END = 3 };
 // the source's key (values). Every decoded row is a permutation by construction (uniform.md §4:
 // j < r always, a pool item leaves the pool, a class hands out each source once), so the gather
 // needs no separate check.
-template <class KeyT, class OutT, bool PERM>
+template <class Dec, class KeyT, class OutT, bool PERM>
 int decode_segment(Row<KeyT>& row, const KeyT* keys, int64_t lo, int64_t hi, int lanes, const uint32_t* words,
                    int64_t wlo, int64_t whi, OutT* out) {
     const int64_t n = row.n;
-    rans::Decoder dec;
+    Dec dec;
     if (!dec.open(words, wlo, whi, lanes)) return BAD_STATE;
     for (int64_t r0 = lo; r0 < hi; ++r0) {
         const KeyT* key = keys + r0 * n;
@@ -280,8 +280,12 @@ void decode_all(const KeyT* keys, int64_t rows, int64_t n, int lanes, int64_t se
                  [&](int64_t g0, int64_t g1) {
                      Row<KeyT> row(n);
                      for (int64_t g = g0; g < g1; ++g) {
-                         err[g] = decode_segment<KeyT, OutT, PERM>(row, keys, g * seg, std::min(rows, (g + 1) * seg),
-                                                                   lanes, w.p, bounds[g], bounds[g + 1], out);
+                         const int64_t lo = g * seg, hi = std::min(rows, lo + seg);
+                         err[g] = lanes == 4  // the default layout of large tensors: states in registers
+                                      ? decode_segment<rans::Decoder4, KeyT, OutT, PERM>(row, keys, lo, hi, lanes, w.p,
+                                                                                        bounds[g], bounds[g + 1], out)
+                                      : decode_segment<rans::Decoder, KeyT, OutT, PERM>(row, keys, lo, hi, lanes, w.p,
+                                                                                       bounds[g], bounds[g + 1], out);
                          if (err[g]) return;
                      }
                  });

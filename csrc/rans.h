@@ -81,6 +81,32 @@ struct Decoder {
     }
 };
 
+// Decoder for exactly 4 lanes with the states in registers: the current lane is always x0 and the
+// states rotate after each symbol (the dynamic lane index of Decoder keeps them in memory).
+struct Decoder4 {
+    const uint32_t* words = nullptr;
+    int64_t p = 0, end = 0;
+    int64_t x0 = 0, x1 = 0, x2 = 0, x3 = 0;
+
+    bool open(const uint32_t* w, int64_t lo, int64_t hi, int nlanes) {
+        int64_t x[4];
+        if (nlanes != 4 || !read_states(w, lo, hi, 4, x)) return false;
+        words = w;
+        end = hi;
+        p = lo + 8;
+        x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
+        return true;
+    }
+    int64_t slot() const { return x0 & (M - 1); }
+    bool step(int64_t s, int64_t cum, int64_t freq) {
+        int64_t y = x0;
+        if (!advance(y, freq, s, cum, words, p, end)) return false;
+        x0 = x1, x1 = x2, x2 = x3, x3 = y;
+        return true;
+    }
+    bool finished() const { return p == end && x0 == LOW && x1 == LOW && x2 == LOW && x3 == LOW; }
+};
+
 // ---- encoding -------------------------------------------------------------------------------
 
 // A segment's encoder: push the symbols last to first (symbol k on lane k % lanes), then flush.

@@ -27,7 +27,7 @@ def overhead_bound(params, rows, n):
 
 
 @given(rows=st.integers(1, 6), n=st.integers(1, 90), dtype=st.sampled_from(DTYPES),
-       zeros=st.sampled_from([0.0, 0.3, 0.9, 1.0]), const=st.booleans(), lanes=st.sampled_from([None, 1, 3]),
+       zeros=st.sampled_from([0.0, 0.3, 0.9, 1.0]), const=st.booleans(), lanes=st.sampled_from([None, 1, 3, 4]),
        seg=st.sampled_from([None, 1, 2]), seed=st.integers(0, 2**32 - 1))
 def test_roundtrip_reference(rows, n, dtype, zeros, const, lanes, seg, seed):
     rng = np.random.default_rng(seed)
