@@ -266,6 +266,7 @@ struct Words {
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the payload's words are read as little-endian");
 
+// Threads parallel_for(nseg, seg * n, SERIAL_BELOW) runs (for working_bytes' bound).
 int threads_for(int64_t nseg, int64_t seg, int64_t n) {
     if (nseg <= 1 || double(nseg) * double(seg) * double(n) < SERIAL_BELOW) return 1;
     return int(std::min<int64_t>(nseg, num_threads()));
@@ -276,7 +277,7 @@ void decode_all(const KeyT* keys, int64_t rows, int64_t n, int lanes, int64_t se
                 const std::vector<int64_t>& bounds, OutT* out) {
     const int64_t nseg = int64_t(bounds.size()) - 1;
     std::vector<int> err(size_t(nseg), OK);
-    parallel_for(nseg, double(seg) * double(n), threads_for(nseg, seg, n) > 1 ? 0.0 : 1e300,
+    parallel_for(nseg, double(seg) * double(n), SERIAL_BELOW,
                  [&](int64_t g0, int64_t g1) {
                      Row<KeyT> row(n);
                      for (int64_t g = g0; g < g1; ++g) {
@@ -399,7 +400,7 @@ std::vector<std::vector<uint32_t>> encode_all(const KeyT* keys, const int64_t* p
     const int64_t nseg = segments(rows, n, seg);
     std::vector<std::vector<uint32_t>> out(static_cast<size_t>(nseg));
     std::vector<int64_t> bad(size_t(nseg), -1);
-    parallel_for(nseg, double(seg) * double(n), threads_for(nseg, seg, n) > 1 ? 0.0 : 1e300,
+    parallel_for(nseg, double(seg) * double(n), SERIAL_BELOW,
                  [&](int64_t g0, int64_t g1) {
                      Row<KeyT> row(n);
                      std::vector<int32_t> scratch(size_t(3 * (n + 1)));
