@@ -270,7 +270,7 @@ def test_working_bytes_is_linear_in_the_decoded_size(itemsize):
         nseg = -(-rows // seg)
         threads = 1 if nseg == 1 else min(nseg, 256)
         got = uniform.working_bytes(params, rows, n, itemsize)
-        assert rows * n * itemsize < got <= rows * n * itemsize + threads * (32 * n + (1 << 18) + 1 << 13) + 8 * (nseg + 1)
+        assert rows * n * itemsize < got <= rows * n * itemsize + threads * (32 * n + (1 << 18) + (1 << 13)) + 8 * (nseg + 1)
 
 
 MEASURE = """
