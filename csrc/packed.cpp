@@ -1,6 +1,746 @@
-// permcodec._core: packed (to be ported from the numba code; see permcodec/).
+// permcodec._core: the `packed` codec (formats/codecs/packed.md), encoder and decoders.
+//
+// The plain reference is permcodec/codecs/packed.py (decode_reference / encode_reference); the
+// tests compare this file's output with it bit for bit. Nothing here defines behaviour of its own.
+//
+// Both directions work in two passes over the rows:
+//   1. layout: each row's classes of equal bit patterns (hash scan, O(n)) give its mode and its
+//      size in bits; rows are grouped in blocks of BLOCK rows whose starting bit is recorded.
+//      With ties=false every row has the same layout and this pass is skipped.
+//   2. code: blocks are split among threads; each row is decoded (or encoded) from its block's
+//      offset, and the decoder gathers the values through a checked scratch row.
+// Working memory (see working_bytes in packed.py): the output, 12 bytes per row for the layout
+// when ties=true, 8 bytes per block, and O(n) scratch per thread. Nothing depends on the thread count.
 #include "common.h"
 
+#include <atomic>
+#include <climits>
+#include <cstring>
+#include <mutex>
+
 namespace pc {
-void init_packed(py::module_& m) { (void)m; }
+namespace {
+
+constexpr int NEED_BITS = 37;
+constexpr int64_t NEED = int64_t(1) << NEED_BITS;
+constexpr int64_t MAX_N = int64_t(1) << 24;
+constexpr int64_t BLOCK = 64;  // rows per block (one recorded bit offset)
+enum Mode : uint32_t { PERM = 0, SEQ = 1 };
+enum Kind : uint32_t { DISTINCT = 0, ONE = 1, GENERAL = 2 };  // how a row decodes (see decode_row)
+
+int bitlen(uint64_t v) { return v ? 64 - __builtin_clzll(v) : 0; }
+
+// packed.schedule: K_t for the row's digits into `out` (T entries); returns the row's bits.
+int64_t schedule(uint32_t mode, int64_t n, int64_t p, uint8_t* out) {
+    const int64_t T = mode == PERM ? n - p : n;
+    auto radix = [&](int64_t t) { return mode == PERM ? n - t : p; };
+    int64_t P = 1, tail = T;
+    while (tail > 0 && P * radix(tail - 1) < NEED) P *= radix(--tail);
+    int64_t U = 1, total = 0;
+    for (int64_t t = 0; t < T; ++t) {
+        const int64_t R = radix(t);
+        int64_t need = NEED;
+        if (t >= tail) {
+            need = P;
+            P /= R;
+        }
+        int k = 0;
+        if (U < need) {
+            k = bitlen(uint64_t(need - 1)) - bitlen(uint64_t(U));
+            if ((U << k) < need) ++k;
+            U <<= k;
+        }
+        if (out) out[t] = uint8_t(k);
+        total += k;
+        U /= R;
+    }
+    return total;
+}
+
+int64_t row_bits(uint32_t mode, int64_t n, int64_t p) { return schedule(mode, n, p, nullptr); }
+
+// Row sizes in bits by (mode, p), computed once per distinct value (O(n) each).
+struct BitsMemo {
+    int64_t n;
+    std::vector<int64_t> perm, seq;
+    explicit BitsMemo(int64_t n_) : n(n_), perm(size_t(n_ + 1), -1), seq(size_t(n_ + 1), -1) {}
+    int64_t get(uint32_t mode, int64_t p) {
+        int64_t& b = (mode == PERM ? perm : seq)[size_t(p)];
+        if (b < 0) b = row_bits(mode, n, p);
+        return b;
+    }
+    int64_t bits(uint32_t mode, int64_t p) const { return (mode == PERM ? perm : seq)[size_t(p)]; }  // filled
+    // packed.row_mode: SEQ where it takes fewer bits than PERM.
+    uint32_t mode_of(int64_t m, int64_t k) {
+        return k > 1 && get(SEQ, k) < get(PERM, m) ? SEQ : PERM;
+    }
+};
+
+// One thread's schedule tables, the last few (mode, p) used (rows mostly share one layout).
+struct Schedules {
+    int64_t n;
+    struct Entry { uint32_t mode; int64_t p; std::vector<uint8_t> K; };
+    std::vector<Entry> cache;
+    size_t next = 0;
+    explicit Schedules(int64_t n_) : n(n_) {}
+    const uint8_t* get(uint32_t mode, int64_t p) {
+        for (auto& e : cache)
+            if (e.mode == mode && e.p == p) return e.K.data();
+        if (cache.size() < 4) cache.push_back({});
+        Entry& e = cache[next++ % cache.size()];
+        e.mode = mode;
+        e.p = p;
+        e.K.assign(size_t(std::max<int64_t>(n, 1)), 0);
+        schedule(mode, n, p, e.K.data());
+        return e.K.data();
+    }
+};
+
+// dtypes.order_keys of one bit pattern: the IEEE total order with -0.0 just below +0.0.
+template <class U>
+U order_key(U b) {
+    const U sign = U(U(1) << (sizeof(U) * 8 - 1));
+    return (b & sign) ? U(~b) : U(b | sign);
+}
+
+// ---- classes ----------------------------------------------------------------------------------
+struct RowClasses {
+    uint32_t m, k, nrep, lfirst;  // largest class size, classes, classes with several members, L's first member
+};
+
+// Open-addressing table over one row's bit patterns; a generation stamp empties it in O(1).
+template <class U>
+struct ClassTable {
+    std::vector<U> key;
+    std::vector<uint32_t> stamp, count, first, uniq;
+    uint32_t gen = 0;
+    int shift = 63;
+    uint64_t mask = 0;
+    explicit ClassTable(int64_t n) {
+        int64_t size = 2;
+        while (size < 2 * n) size <<= 1;
+        key.resize(size_t(size));
+        stamp.assign(size_t(size), 0);
+        count.resize(size_t(size));
+        first.resize(size_t(size));
+        uniq.resize(size_t(std::max<int64_t>(n, 1)));
+        shift = 64 - bitlen(uint64_t(size - 1));
+        mask = uint64_t(size - 1);
+    }
+    void reset() {
+        if (++gen == 0) {
+            std::fill(stamp.begin(), stamp.end(), 0);
+            gen = 1;
+        }
+    }
+    uint64_t slot(U v) const { return (uint64_t(v) * 0x9E3779B97F4A7C15ull) >> shift; }
+
+    // Classes of a row: L is the largest class, among equal sizes the one met first in source order.
+    RowClasses scan(const U* row, int64_t n) {
+        reset();
+        uint32_t nu = 0;
+        for (int64_t j = 0; j < n; ++j) {
+            const U v = row[j];
+            uint64_t h = slot(v);
+            while (stamp[h] == gen && key[h] != v) h = (h + 1) & mask;
+            if (stamp[h] == gen) {
+                ++count[h];
+            } else {
+                stamp[h] = gen;
+                key[h] = v;
+                count[h] = 1;
+                first[h] = uint32_t(j);
+                uniq[nu++] = uint32_t(h);
+            }
+        }
+        RowClasses c{1, nu, 0, 0};
+        uint32_t best = 0;
+        for (uint32_t i = 0; i < nu; ++i) {  // uniq is in order of first occurrence
+            const uint32_t cnt = count[uniq[i]];
+            if (cnt > best) {
+                best = cnt;
+                c.lfirst = first[uniq[i]];
+            }
+            c.nrep += cnt > 1;
+        }
+        c.m = n ? best : 1;
+        return c;
+    }
+
+    // True if two entries of the row hold the same bit pattern (stops at the first repeat).
+    bool has_tie(const U* row, int64_t n) {
+        reset();
+        for (int64_t j = 0; j < n; ++j) {
+            const U v = row[j];
+            uint64_t h = slot(v);
+            while (stamp[h] == gen) {
+                if (key[h] == v) return true;
+                h = (h + 1) & mask;
+            }
+            stamp[h] = gen;
+            key[h] = v;
+        }
+        return false;
+    }
+};
+
+// Per-row layout of a tensor with ties (12 bytes a row): p (m or k), the kind and mode, L's first member.
+struct RowLayout {
+    uint32_t p, flags, lfirst;  // flags: kind | mode << 2
+    uint32_t kind() const { return flags & 3; }
+    uint32_t mode() const { return flags >> 2; }
+};
+
+// Bit offsets of the blocks and per-row layouts. Without ties every row is (PERM, 1).
+struct Layout {
+    int64_t rows = 0, n = 0;
+    bool ties = false;
+    int64_t uniform_bits = 0;         // bits of every row when !ties
+    std::vector<RowLayout> row;       // ties only
+    std::vector<int64_t> block_off;   // bit offset of every block (+ the total at the end)
+    int64_t total() const { return block_off.back(); }
+    int64_t nblocks() const { return int64_t(block_off.size()) - 1; }
+};
+
+template <class U>
+Layout plan(const U* raw, int64_t rows, int64_t n, bool ties, BitsMemo& memo) {
+    Layout L;
+    L.rows = rows;
+    L.n = n;
+    L.ties = ties && n >= 2;  // a row of one weight has one layout whatever it holds
+    const int64_t nb = (rows + BLOCK - 1) / BLOCK;
+    L.block_off.assign(size_t(nb + 1), 0);
+    if (!L.ties) {
+        L.uniform_bits = n >= 2 ? memo.get(PERM, 1) : 0;
+        for (int64_t b = 0; b <= nb; ++b) L.block_off[size_t(b)] = std::min(b * BLOCK, rows) * L.uniform_bits;
+        return L;
+    }
+    L.row.resize(size_t(rows));
+    std::vector<uint32_t> kcount(static_cast<size_t>(rows));
+    parallel_for(rows, double(n), 1 << 16, [&](int64_t lo, int64_t hi) {
+        ClassTable<U> table(n);
+        for (int64_t r = lo; r < hi; ++r) {
+            const RowClasses c = table.scan(raw + r * n, n);
+            const uint32_t kind = c.nrep == 0 ? DISTINCT : c.nrep == 1 ? ONE : GENERAL;
+            L.row[size_t(r)] = {c.m, kind, c.lfirst};
+            kcount[size_t(r)] = c.k;
+        }
+    });
+    int64_t off = 0;
+    for (int64_t r = 0; r < rows; ++r) {  // serial: the memo fills once per distinct (m, k)
+        RowLayout& e = L.row[size_t(r)];
+        const int64_t m = e.p, k = kcount[size_t(r)];
+        const uint32_t mode = memo.mode_of(m, k);
+        const int64_t p = mode == SEQ ? k : m;
+        uint32_t kind = e.kind();
+        if (mode == SEQ) kind = GENERAL;
+        e.p = uint32_t(p);
+        e.flags = kind | (mode << 2);
+        if (r % BLOCK == 0) L.block_off[size_t(r / BLOCK)] = off;
+        off += memo.get(mode, p);
+    }
+    L.block_off[size_t(nb)] = off;
+    return L;
+}
+
+// Sorted classes of a row (general rows): source indices by (order key, index), class starts.
+template <class U>
+struct SortedClasses {
+    std::vector<std::pair<U, uint32_t>> pairs;
+    std::vector<uint32_t> order, start;  // order[i]: i-th source in sorted order; start[c]: class c's first i
+    void build(const U* row, int64_t n) {
+        pairs.resize(size_t(n));
+        order.resize(size_t(n));
+        start.clear();
+        for (int64_t j = 0; j < n; ++j) pairs[size_t(j)] = {order_key(row[j]), uint32_t(j)};
+        std::sort(pairs.begin(), pairs.end());
+        for (int64_t i = 0; i < n; ++i) {
+            order[size_t(i)] = pairs[size_t(i)].second;
+            if (i == 0 || pairs[size_t(i)].first != pairs[size_t(i - 1)].first) start.push_back(uint32_t(i));
+        }
+        start.push_back(uint32_t(n));
+    }
+};
+
+// ---- bit reading ------------------------------------------------------------------------------
+struct Bits {
+    const uint8_t* p;
+    int64_t len;  // bytes
+    // The k <= 38 bits at bit `pos` (MSB first); reads nothing outside [0, len).
+    uint64_t read(int64_t pos, int k) const {
+        if (k == 0) return 0;
+        const int64_t byte = pos >> 3;
+        uint64_t w = 0;
+        if (byte + 8 <= len) {
+            std::memcpy(&w, p + byte, 8);
+            w = __builtin_bswap64(w);
+        } else {
+            for (int i = 0; i < 8; ++i) w = (w << 8) | (byte + i < len && byte + i >= 0 ? p[byte + i] : 0);
+        }
+        return (w << (pos & 7)) >> (64 - k);
+    }
+};
+
+// (x div R, x mod R) for 0 <= x < 2^52, from a binary64 estimate corrected exactly.
+inline int64_t divmod(int64_t x, int64_t R, double ir, int64_t& d) {
+    int64_t q = int64_t(double(x) * ir);
+    d = x - q * R;
+    if (d < 0) {
+        --q;
+        d += R;
+    } else if (d >= R) {
+        ++q;
+        d -= R;
+    }
+    return q;
+}
+
+// ---- decoding ---------------------------------------------------------------------------------
+enum Bad : int { OK = 0, NOT_ZERO = 1, TOO_MANY = 2, NOT_PERM = 3, TIED = 4 };
+
+const char* bad_text(int why) {
+    switch (why) {
+        case NOT_ZERO: return "does not end in state 0";
+        case TOO_MANY: return "places too many copies of one value";
+        case TIED: return "holds equal values while the payload says ties=false (a conforming writer sets ties=true)";
+        default: return "is not a permutation";
+    }
+}
+
+// One thread's scratch for decoding rows of n weights (O(n)).
+template <class U>
+struct Decoder {
+    int64_t n;
+    Bits bits;
+    Schedules sched;
+    ClassTable<U> table;
+    SortedClasses<U> sorted;
+    std::vector<int32_t> free_, orow, items, lmem, cls, used;
+    std::vector<uint32_t> stamp;
+    std::vector<double> inv;  // inv[t] = 1 / (n - t)
+    uint32_t gen = 0;
+    Decoder(int64_t n_, Bits b)
+        : n(n_), bits(b), sched(n_), table(n_), free_(size_t(n_)), orow(size_t(n_)), items(size_t(n_) + 1),
+          lmem(size_t(n_) + 1), cls(size_t(n_)), used(size_t(n_) + 1), stamp(size_t(n_), 0), inv(size_t(n_) + 1) {
+        for (int64_t t = 0; t < n; ++t) inv[size_t(t)] = 1.0 / double(n - t);
+    }
+
+    // Swap chain of PERM digits over items[0 .. T): orow[slot] = item. Returns the final state x.
+    int64_t chain(const uint8_t* K, int64_t& pos, int64_t T) {
+        for (int64_t i = 0; i < n; ++i) free_[size_t(i)] = int32_t(i);
+        int64_t x = 0;
+        for (int64_t t = 0; t < T; ++t) {
+            const int k = K[t];
+            x = (x << k) | int64_t(bits.read(pos, k));
+            pos += k;
+            const int64_t R = n - t;
+            int64_t d;
+            x = divmod(x, R, inv[size_t(t)], d);
+            orow[size_t(free_[size_t(d)])] = items[size_t(t)];
+            free_[size_t(d)] = free_[size_t(R - 1)];
+        }
+        return x;
+    }
+
+    // Decode one row into orow (the source index of every position); returns a Bad code.
+    int decode_row(const U* row, const RowLayout& lay, int64_t pos) {
+        const uint32_t kind = lay.kind();
+        if (kind == DISTINCT) {  // L = {0}, items 1 .. n-1
+            for (int64_t t = 0; t + 1 < n; ++t) items[size_t(t)] = int32_t(t + 1);
+            const int64_t x = chain(sched.get(PERM, 1), pos, n - 1);
+            orow[size_t(free_[0])] = 0;
+            return x ? NOT_ZERO : OK;
+        }
+        if (kind == ONE) {  // L's pattern is the only repeated one: no sort
+            const U lkey = row[lay.lfirst];
+            int64_t T = 0, nl = 0;
+            for (int64_t s = 0; s < n; ++s) {
+                if (row[s] == lkey) lmem[size_t(nl++)] = int32_t(s);
+                else items[size_t(T++)] = int32_t(s);
+                orow[size_t(s)] = -1;
+            }
+            if (T != n - int64_t(lay.p)) return NOT_PERM;  // cannot happen: the layout counted L
+            const int64_t x = chain(sched.get(PERM, lay.p), pos, T);
+            for (int64_t j = 0, i = 0; j < n; ++j)  // L's members, increasing, into the slots left
+                if (orow[size_t(j)] < 0) orow[size_t(j)] = lmem[size_t(i++)];
+            return x ? NOT_ZERO : OK;
+        }
+        sorted.build(row, n);
+        const auto& order = sorted.order;
+        const auto& start = sorted.start;
+        const int64_t k = int64_t(start.size()) - 1;
+        const uint8_t* K = sched.get(lay.mode(), lay.p);
+        if (lay.mode() == SEQ) {  // the class of every position
+            if (int64_t(lay.p) != k) return NOT_PERM;  // cannot happen
+            for (int64_t c = 0; c < k; ++c) used[size_t(c)] = int32_t(start[size_t(c)]);
+            const double ik = 1.0 / double(k);
+            int64_t x = 0;
+            for (int64_t j = 0; j < n; ++j) {
+                const int kk = K[j];
+                x = (x << kk) | int64_t(bits.read(pos, kk));
+                pos += kk;
+                int64_t c;
+                x = divmod(x, k, ik, c);
+                if (used[size_t(c)] >= int32_t(start[size_t(c + 1)])) return TOO_MANY;
+                orow[size_t(j)] = int32_t(order[size_t(used[size_t(c)]++)]);
+            }
+            return x ? NOT_ZERO : OK;
+        }
+        // PERM with several repeated classes: L is the largest, among equals the smallest member
+        int64_t big = 0, ms = 0;
+        for (int64_t c = 0; c < k; ++c) {
+            const int64_t a = start[size_t(c)], len = start[size_t(c + 1)] - a;
+            if (len > ms || (len == ms && order[size_t(a)] < order[size_t(big)])) {
+                ms = len;
+                big = a;
+            }
+        }
+        for (int64_t c = 0; c < k; ++c) {  // cls[s]: -1 in L, -2 alone, else where its class starts in `order`
+            const int64_t a = start[size_t(c)], e = start[size_t(c + 1)];
+            const int32_t tag = a == big ? -1 : e - a == 1 ? -2 : int32_t(a);
+            for (int64_t i = a; i < e; ++i) cls[size_t(order[size_t(i)])] = tag;
+            used[size_t(a)] = int32_t(a);
+        }
+        int64_t T = 0;
+        for (int64_t s = 0; s < n; ++s) {
+            if (cls[size_t(s)] != -1) items[size_t(T++)] = int32_t(s);
+            orow[size_t(s)] = -1;
+        }
+        if (T != n - int64_t(lay.p)) return NOT_PERM;  // cannot happen
+        const int64_t x = chain(K, pos, T);
+        // walking slots increasingly, each class's slots take its members increasingly
+        int64_t li = big;
+        for (int64_t j = 0; j < n; ++j) {
+            const int32_t s = orow[size_t(j)];
+            if (s < 0) {
+                orow[size_t(j)] = int32_t(order[size_t(li++)]);
+            } else {
+                const int32_t a = cls[size_t(s)];
+                if (a >= 0) orow[size_t(j)] = int32_t(order[size_t(used[size_t(a)]++)]);
+            }
+        }
+        return x ? NOT_ZERO : OK;
+    }
+
+    // out[j] = src[orow[j]], checking on the way that orow is a permutation of 0 .. n-1.
+    template <class S, class O>
+    bool put_row(const S* src, O* out) {
+        if (++gen == 0) {
+            std::fill(stamp.begin(), stamp.end(), 0);
+            gen = 1;
+        }
+        for (int64_t j = 0; j < n; ++j) {
+            const int32_t s = orow[size_t(j)];
+            if (s < 0 || s >= n || stamp[size_t(s)] == gen) return false;
+            stamp[size_t(s)] = gen;
+            out[j] = src ? O(src[s]) : O(s);
+        }
+        return true;
+    }
+};
+
+// Decode every row: out[r] = gathered values (gather) or the permutation (int64).
+template <class U, class O>
+void decode_rows(const U* raw, const Layout& L, const BitsMemo& memo, Bits bits, bool gather, O* out) {
+    const int64_t n = L.n, rows = L.rows;
+    std::mutex mu;
+    int64_t bad_row = INT64_MAX;
+    int bad_why = OK;
+    const RowLayout distinct{1, DISTINCT, 0};
+    parallel_for(L.nblocks(), double(BLOCK * std::max<int64_t>(n, 1)), 1 << 16, [&](int64_t b0, int64_t b1) {
+        Decoder<U> dec(n, bits);
+        for (int64_t r = b0 * BLOCK, end = std::min(rows, b1 * BLOCK); r < end; ) {
+            int64_t pos = L.block_off[size_t(r / BLOCK)];
+            for (const int64_t e = std::min(end, r + BLOCK); r < e; ++r) {
+                const U* row = raw + r * n;
+                const RowLayout& lay = L.ties ? L.row[size_t(r)] : distinct;
+                int why = OK;
+                if (n >= 2) {
+                    why = dec.decode_row(row, lay, pos);
+                    pos += L.ties ? memo.bits(lay.mode(), lay.p) : L.uniform_bits;
+                } else if (n == 1) {
+                    dec.orow[0] = 0;
+                }
+                if (!why && !L.ties && n >= 2 && dec.table.has_tie(row, n)) why = TIED;
+                if (!why && !(gather ? dec.put_row(row, out + r * n) : dec.template put_row<U, O>(nullptr, out + r * n)))
+                    why = NOT_PERM;
+                if (why) {
+                    std::lock_guard<std::mutex> g(mu);
+                    if (r < bad_row) {
+                        bad_row = r;
+                        bad_why = why;
+                    }
+                    return;  // this chunk's first bad row; later chunks report theirs
+                }
+            }
+        }
+    });
+    if (bad_why != OK)
+        throw format_error("packed row " + std::to_string(bad_row) + " " + bad_text(bad_why) + ": corrupt payload");
+}
+
+
+// ---- encoding ---------------------------------------------------------------------------------
+// Writes bits MSB first into out[] from bit `off`; the first and last bytes of the range are
+// shared with the neighbouring chunks and go to edge[0], edge[1] (ORed in after the join).
+struct BitWriter {
+    uint8_t* out;
+    int64_t o, fb, lb;
+    uint8_t* edge;
+    uint64_t acc = 0;
+    int nacc;
+    BitWriter(uint8_t* out_, int64_t off0, int64_t off1, uint8_t* edge_)
+        : out(out_), o(off0 >> 3), fb(off0 >> 3), lb((off1 - 1) >> 3), edge(edge_), nacc(int(off0 & 7)) {}
+    void byte(uint8_t b) {
+        if (o == fb) edge[0] |= b;
+        else if (o == lb) edge[1] |= b;
+        else out[o] = b;
+        ++o;
+    }
+    void put(uint64_t v, int k) {  // k <= 38
+        acc = (acc << k) | v;
+        nacc += k;
+        while (nacc >= 8) {
+            nacc -= 8;
+            byte(uint8_t(acc >> nacc));
+        }
+        acc &= (uint64_t(1) << nacc) - 1;
+    }
+    void flush() {
+        if (nacc) byte(uint8_t(acc << (8 - nacc)));
+    }
+};
+
+template <class U>
+struct Encoder {
+    int64_t n;
+    Schedules sched;
+    SortedClasses<U> sorted;
+    std::vector<int64_t> inv, free_, where, items, digits, chunks, cls;
+    explicit Encoder(int64_t n_)
+        : n(n_), sched(n_), inv(size_t(n_)), free_(size_t(n_)), where(size_t(n_)), items(size_t(n_)),
+          digits(size_t(n_)), chunks(size_t(n_)), cls(size_t(n_)) {}
+
+    void row(const U* vals, const int64_t* prow, const RowLayout& lay, BitWriter& w) {
+        const uint32_t mode = lay.mode();
+        int64_t T = 0;
+        if (mode == SEQ) {  // digit j is the class of perm[j], classes in order-key order
+            sorted.build(vals, n);
+            for (size_t c = 0; c + 1 < sorted.start.size(); ++c)
+                for (uint32_t i = sorted.start[c]; i < sorted.start[c + 1]; ++i) cls[sorted.order[i]] = int64_t(c);
+            for (int64_t j = 0; j < n; ++j) digits[size_t(j)] = cls[size_t(prow[j])];
+            T = n;
+        } else {  // items: the sources outside L (L's bit pattern), increasing
+            if (lay.kind() == DISTINCT) {
+                for (int64_t s = 1; s < n; ++s) items[size_t(T++)] = s;
+            } else {
+                const U lkey = vals[lay.lfirst];
+                for (int64_t s = 0; s < n; ++s)
+                    if (vals[s] != lkey) items[size_t(T++)] = s;
+            }
+            for (int64_t j = 0; j < n; ++j) {
+                inv[size_t(prow[j])] = j;
+                free_[size_t(j)] = j;
+                where[size_t(j)] = j;
+            }
+            for (int64_t t = 0; t < T; ++t) {
+                const int64_t d = where[size_t(inv[size_t(items[size_t(t)])])];
+                const int64_t last = free_[size_t(n - t - 1)];
+                free_[size_t(d)] = last;
+                where[size_t(last)] = d;
+                digits[size_t(t)] = d;
+            }
+        }
+        const uint8_t* K = sched.get(mode, lay.p);
+        int64_t x = 0;
+        for (int64_t t = T - 1; t >= 0; --t) {  // the reverse pass of the state machine
+            x = x * (mode == SEQ ? int64_t(lay.p) : n - t) + digits[size_t(t)];
+            chunks[size_t(t)] = x & ((int64_t(1) << K[t]) - 1);
+            x >>= K[t];
+        }
+        for (int64_t t = 0; t < T; ++t) w.put(uint64_t(chunks[size_t(t)]), K[t]);
+    }
+};
+
+// Every row of perm must be a permutation of 0 .. n-1 (the encoder indexes with it).
+void check_perm(const int64_t* perm, int64_t rows, int64_t n) {
+    std::atomic<int64_t> bad{INT64_MAX};
+    parallel_for(rows, double(n), 1 << 16, [&](int64_t lo, int64_t hi) {
+        std::vector<int64_t> seen(size_t(std::max<int64_t>(n, 1)), -1);
+        for (int64_t r = lo; r < hi; ++r)
+            for (int64_t j = 0; j < n; ++j) {
+                const int64_t s = perm[r * n + j];
+                if (s < 0 || s >= n || seen[size_t(s)] == r) {
+                    int64_t cur = bad.load();
+                    while (r < cur && !bad.compare_exchange_weak(cur, r)) {}
+                    return;
+                }
+                seen[size_t(s)] = r;
+            }
+    });
+    if (bad.load() != INT64_MAX)
+        throw std::invalid_argument("packed.encode: row " + std::to_string(bad.load()) + " of perm is not a permutation");
+}
+
+template <class U>
+py::tuple encode(const int64_t* perm, const U* raw, int64_t rows, int64_t n) {
+    BitsMemo memo(n);
+    Layout L;
+    bool ties = false;
+    {
+        py::gil_scoped_release nogil;
+        check_perm(perm, rows, n);
+        L = plan(raw, rows, n, true, memo);
+        for (const RowLayout& e : L.row) ties = ties || e.kind() != DISTINCT;
+    }
+    const int64_t total = L.total(), nbytes = (total + 7) / 8;
+    PyObject* obj = PyBytes_FromStringAndSize(nullptr, Py_ssize_t(nbytes));
+    if (!obj) throw py::error_already_set();
+    py::bytes payload = py::reinterpret_steal<py::bytes>(obj);
+    uint8_t* out = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(obj));
+    {
+        py::gil_scoped_release nogil;
+        std::memset(out, 0, size_t(nbytes));
+        std::vector<uint8_t> edge(size_t(2 * L.nblocks()), 0);
+        std::vector<int64_t> chunk_end(size_t(L.nblocks()), -1);  // chunk starting at block b ends at
+        const RowLayout distinct{1, DISTINCT, 0};
+        parallel_for(L.nblocks(), double(BLOCK * std::max<int64_t>(n, 1)), 1 << 15, [&](int64_t b0, int64_t b1) {
+            chunk_end[size_t(b0)] = b1;
+            const int64_t off0 = L.block_off[size_t(b0)], off1 = L.block_off[size_t(b1)];
+            if (off1 == off0) return;
+            Encoder<U> enc(n);
+            BitWriter w(out, off0, off1, &edge[size_t(2 * b0)]);
+            for (int64_t r = b0 * BLOCK, end = std::min(rows, b1 * BLOCK); r < end; ++r)
+                enc.row(raw + r * n, perm + r * n, L.ties ? L.row[size_t(r)] : distinct, w);
+            w.flush();
+        });
+        for (int64_t b = 0; b < L.nblocks(); ++b) {  // the bytes chunks share with their neighbours
+            const int64_t e = chunk_end[size_t(b)];
+            if (e < 0 || L.block_off[size_t(e)] == L.block_off[size_t(b)]) continue;
+            out[L.block_off[size_t(b)] >> 3] |= edge[size_t(2 * b)];
+            out[(L.block_off[size_t(e)] - 1) >> 3] |= edge[size_t(2 * b + 1)];
+        }
+    }
+    return py::make_tuple(ties, payload);
+}
+
+}  // namespace
+}  // namespace pc
+
+namespace pc {
+namespace {
+
+// A C-contiguous 2-D array of unsigned integers (bit patterns) or int64.
+py::array rows_of(const py::array& a, const char* what) {
+    if (a.ndim() != 2 || !(a.flags() & py::array::c_style))
+        throw std::invalid_argument(std::string("packed: ") + what + " must be a C-contiguous rows x n array");
+    return a;
+}
+
+template <class F>
+auto by_width(const py::array& raw, F&& f) {
+    const auto kind = raw.dtype().kind();
+    if (kind != 'u') throw std::invalid_argument("packed: values must be passed as unsigned bit patterns");
+    switch (raw.itemsize()) {
+        case 1: return f(uint8_t{});
+        case 2: return f(uint16_t{});
+        case 4: return f(uint32_t{});
+        case 8: return f(uint64_t{});
+    }
+    throw std::invalid_argument("packed: values of " + std::to_string(raw.itemsize()) + " bytes are not supported");
+}
+
+void check_n(int64_t n) {
+    if (n > MAX_N)
+        throw format_error("packed rows hold at most " + std::to_string(MAX_N) + " weights, this tensor's rows have " +
+                           std::to_string(n));
+}
+
+// Decode: the gathered bit patterns (gather) or the int64 permutation.
+py::array decode_py(const py::array& raw_, const py::buffer& payload, bool ties, bool gather) {
+    const py::array raw = rows_of(raw_, "values");
+    const int64_t rows = raw.shape(0), n = raw.shape(1);
+    check_n(n);
+    const py::buffer_info pb = payload.request();
+    if (pb.ndim > 1 || pb.itemsize != 1) throw std::invalid_argument("packed: payload must be bytes");
+    const Bits bits{static_cast<const uint8_t*>(pb.ptr), int64_t(pb.size)};
+    return by_width(raw, [&](auto zero) -> py::array {
+        using U = decltype(zero);
+        const U* src = static_cast<const U*>(raw.data());
+        BitsMemo memo(n);
+        Layout L;
+        {
+            py::gil_scoped_release nogil;
+            L = plan(src, rows, n, ties, memo);
+            const int64_t total = L.total(), need = (total + 7) / 8;
+            if (bits.len != need)
+                throw format_error("packed payload is " + std::to_string(bits.len) + " bytes, " + std::to_string(need) +
+                                   " expected (" + std::to_string(total) + " bits)");
+            if (total % 8 && (bits.p[need - 1] & ((1 << (8 - total % 8)) - 1)))
+                throw format_error("packed payload's padding bits are not zero: corrupt payload");
+        }
+        if (gather) {
+            py::array out(raw.dtype(), {rows, n});
+            U* o = static_cast<U*>(out.mutable_data());
+            py::gil_scoped_release nogil;
+            decode_rows(src, L, memo, bits, true, o);
+            return out;
+        }
+        py::array_t<int64_t> out({rows, n});
+        int64_t* o = out.mutable_data();
+        py::gil_scoped_release nogil;
+        decode_rows(src, L, memo, bits, false, o);
+        return std::move(out);
+    });
+}
+
+py::tuple encode_py(const py::array& perm_, const py::array& raw_) {
+    const py::array raw = rows_of(raw_, "values");
+    const py::array perm = rows_of(perm_, "perm");
+    if (!py::isinstance<py::array_t<int64_t>>(perm) || perm.shape(0) != raw.shape(0) || perm.shape(1) != raw.shape(1))
+        throw std::invalid_argument("packed: perm must be int64 with the values' shape");
+    const int64_t rows = raw.shape(0), n = raw.shape(1);
+    if (n > MAX_N)
+        throw std::invalid_argument("packed codes rows of at most " + std::to_string(MAX_N) + " weights");
+    return by_width(raw, [&](auto zero) {
+        using U = decltype(zero);
+        return encode(static_cast<const int64_t*>(perm.data()), static_cast<const U*>(raw.data()), rows, n);
+    });
+}
+
+// Upper bound of one decoding thread's scratch (Decoder<U>: tables, chains, sorted classes) in bytes.
+int64_t scratch_bytes(int64_t n, int64_t itemsize) {
+    const int64_t pair = itemsize == 8 ? 16 : 8;
+    const int64_t table = (4 * n + 2) * (itemsize + 12) + 4 * n;
+    return 4 * (n + 1) * 4 + table + n * (pair + 8) + 8 + 28 * (n + 1) + 4 * n + 8 * (n + 1) + 4096;
+}
+
+void check_layout_args(uint32_t mode, int64_t n, int64_t p) {
+    if (mode > SEQ || n < 0 || n > MAX_N || p < (mode == SEQ ? 1 : 0) || p > std::max<int64_t>(n, 1))
+        throw std::invalid_argument("packed: no layout (mode " + std::to_string(mode) + ", n " + std::to_string(n) +
+                                    ", p " + std::to_string(p) + ")");
+}
+
+}  // namespace
+
+void init_packed(py::module_& m) {
+    m.def("packed_encode", &encode_py, py::arg("perm"), py::arg("bits"),
+          "(ties, payload) of the canonical perm (int64 rows x n) of the values' bit patterns");
+    m.def("packed_decode", &decode_py, py::arg("bits"), py::arg("payload"), py::arg("ties"), py::arg("gather"),
+          "gathered bit patterns (gather) or the int64 permutation; FormatError on a corrupt payload");
+    m.def("packed_schedule", [](uint32_t mode, int64_t n, int64_t p) {
+        check_layout_args(mode, n, p);
+        const int64_t T = std::max<int64_t>(mode == PERM ? n - p : n, 0);
+        py::array_t<uint8_t> out(T);
+        schedule(mode, n, p, out.mutable_data());
+        return out;
+    }, py::arg("mode"), py::arg("n"), py::arg("p"), "K_t of a row layout (uint8, one per digit)");
+    m.def("packed_row_bits", [](uint32_t mode, int64_t n, int64_t p) {
+        check_layout_args(mode, n, p);
+        return row_bits(mode, n, p);
+    }, py::arg("mode"), py::arg("n"), py::arg("p"), "bits of a row layout");
+    m.def("packed_scratch_bytes", &scratch_bytes, py::arg("n"), py::arg("itemsize"),
+          "upper bound of one thread's scratch for rows of n weights");
+}
+
 }  // namespace pc

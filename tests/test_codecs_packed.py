@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from permcodec import perm as P
-from permcodec.codecs import _packed_jit as J, get, packed
+from permcodec.codecs import get, packed
 from permcodec.dtypes import order_keys
 from permcodec.errors import FormatError
 
@@ -147,10 +147,6 @@ def test_bad_params():
         packed.decode(params, payload + b"\0", v)
     with pytest.raises(FormatError):
         packed.decode(params, payload[:-1], v)
-
-
-def test_jit_available():
-    assert J.available()
 
 
 def test_worked_examples_of_the_spec():
