@@ -76,23 +76,28 @@ struct BitsMemo {
     }
 };
 
-// One thread's schedule tables, the last few (mode, p) used (rows mostly share one layout).
+// One thread's schedule tables, the last few (mode, p) used (rows mostly share a few layouts).
+// Least recently used goes first: the 4 tables of one group of rows are never evicted by each other.
 struct Schedules {
     int64_t n;
-    struct Entry { uint32_t mode; int64_t p; std::vector<uint8_t> K; };
+    struct Entry { uint32_t mode; int64_t p; uint64_t used; std::vector<uint8_t> K; };
     std::vector<Entry> cache;
-    size_t next = 0;
+    uint64_t clock = 0;
     explicit Schedules(int64_t n_) : n(n_) {}
     const uint8_t* get(uint32_t mode, int64_t p) {
+        ++clock;
         for (auto& e : cache)
-            if (e.mode == mode && e.p == p) return e.K.data();
-        if (cache.size() < 4) cache.push_back({});
-        Entry& e = cache[next++ % cache.size()];
-        e.mode = mode;
-        e.p = p;
-        e.K.assign(size_t(std::max<int64_t>(n, 1)), 0);
-        schedule(mode, n, p, e.K.data());
-        return e.K.data();
+            if (e.mode == mode && e.p == p) {
+                e.used = clock;
+                return e.K.data();
+            }
+        if (cache.size() < 8) cache.push_back({});
+        Entry* e = &cache[0];
+        for (auto& c : cache)
+            if (c.used < e->used) e = &c;
+        *e = Entry{mode, p, clock, std::vector<uint8_t>(size_t(std::max<int64_t>(n, 1)), 0)};
+        schedule(mode, n, p, e->K.data());
+        return e->K.data();
     }
 };
 
@@ -109,27 +114,32 @@ struct RowClasses {
 };
 
 // Open-addressing table over one row's bit patterns; a generation stamp empties it in O(1).
+// One slot holds everything a probe reads (one cache line).
 template <class U>
 struct ClassTable {
-    std::vector<U> key;
-    std::vector<uint32_t> stamp, count, first, uniq;
+    struct Slot { U key; uint32_t stamp, count, first; };
+    std::vector<Slot> slots;
+    std::vector<U> keys;  // has_tie's table: 0 = empty
+    std::vector<uint32_t> uniq;
     uint32_t gen = 0;
-    int shift = 63;
-    uint64_t mask = 0;
+    int shift = 63, kshift = 63;
+    uint64_t mask = 0, kmask = 0;
     explicit ClassTable(int64_t n) {
         int64_t size = 2;
         while (size < 2 * n) size <<= 1;
-        key.resize(size_t(size));
-        stamp.assign(size_t(size), 0);
-        count.resize(size_t(size));
-        first.resize(size_t(size));
+        slots.assign(size_t(size), Slot{0, 0, 0, 0});
+        int64_t ksize = 2;  // load <= 1/2: short probe runs
+        while (ksize < 2 * n) ksize <<= 1;
+        keys.assign(size_t(ksize), 0);
+        kshift = 64 - bitlen(uint64_t(ksize - 1));
+        kmask = uint64_t(ksize - 1);
         uniq.resize(size_t(std::max<int64_t>(n, 1)));
         shift = 64 - bitlen(uint64_t(size - 1));
         mask = uint64_t(size - 1);
     }
     void reset() {
         if (++gen == 0) {
-            std::fill(stamp.begin(), stamp.end(), 0);
+            for (auto& e : slots) e.stamp = 0;
             gen = 1;
         }
     }
@@ -139,48 +149,58 @@ struct ClassTable {
     RowClasses scan(const U* row, int64_t n) {
         reset();
         uint32_t nu = 0;
+        Slot* t = slots.data();
         for (int64_t j = 0; j < n; ++j) {
             const U v = row[j];
             uint64_t h = slot(v);
-            while (stamp[h] == gen && key[h] != v) h = (h + 1) & mask;
-            if (stamp[h] == gen) {
-                ++count[h];
+            while (t[h].stamp == gen && t[h].key != v) h = (h + 1) & mask;
+            Slot& e = t[h];
+            if (e.stamp == gen) {
+                ++e.count;
             } else {
-                stamp[h] = gen;
-                key[h] = v;
-                count[h] = 1;
-                first[h] = uint32_t(j);
+                e = Slot{v, gen, 1, uint32_t(j)};
                 uniq[nu++] = uint32_t(h);
             }
         }
         RowClasses c{1, nu, 0, 0};
         uint32_t best = 0;
         for (uint32_t i = 0; i < nu; ++i) {  // uniq is in order of first occurrence
-            const uint32_t cnt = count[uniq[i]];
-            if (cnt > best) {
-                best = cnt;
-                c.lfirst = first[uniq[i]];
+            const Slot& e = t[uniq[i]];
+            if (e.count > best) {
+                best = e.count;
+                c.lfirst = e.first;
             }
-            c.nrep += cnt > 1;
+            c.nrep += e.count > 1;
         }
         c.m = n ? best : 1;
         return c;
     }
 
-    // True if two entries of the row hold the same bit pattern (stops at the first repeat).
+    // True if two entries of the row hold the same bit pattern (stops at the first repeat). The
+    // common case (none) is what a load meets most: keys only, 0 marks an empty slot (the zero
+    // pattern is counted apart), and only the slots used are emptied again.
     bool has_tie(const U* row, int64_t n) {
-        reset();
+        U* t = keys.data();
+        uint32_t* u = uniq.data();
+        int64_t nu = 0, zeros = 0;
+        bool tie = false;
         for (int64_t j = 0; j < n; ++j) {
             const U v = row[j];
-            uint64_t h = slot(v);
-            while (stamp[h] == gen) {
-                if (key[h] == v) return true;
-                h = (h + 1) & mask;
+            if (v == 0) {
+                tie = tie || ++zeros > 1;
+                continue;
             }
-            stamp[h] = gen;
-            key[h] = v;
+            uint64_t h = (uint64_t(v) * 0x9E3779B97F4A7C15ull) >> kshift;
+            while (t[h] != 0 && t[h] != v) h = (h + 1) & kmask;
+            if (t[h] == v) {
+                tie = true;
+                break;
+            }
+            t[h] = v;
+            u[nu++] = uint32_t(h);
         }
-        return false;
+        for (int64_t i = 0; i < nu; ++i) t[u[i]] = 0;
+        return tie;
     }
 };
 
@@ -220,7 +240,7 @@ Layout plan(const U* raw, int64_t rows, int64_t n, bool ties, BitsMemo& memo) {
     parallel_for(rows, double(n), 1 << 16, [&](int64_t lo, int64_t hi) {
         ClassTable<U> table(n);
         for (int64_t r = lo; r < hi; ++r) {
-            const RowClasses c = table.scan(raw + r * n, n);
+            const RowClasses c = table.has_tie(raw + r * n, n) ? table.scan(raw + r * n, n) : RowClasses{1, uint32_t(n), 0, 0};
             const uint32_t kind = c.nrep == 0 ? DISTINCT : c.nrep == 1 ? ONE : GENERAL;
             L.row[size_t(r)] = {c.m, kind, c.lfirst};
             kcount[size_t(r)] = c.k;
@@ -307,6 +327,14 @@ const char* bad_text(int why) {
     }
 }
 
+// One row being decoded by a swap chain: its items, L's members, free slots, output, state.
+struct Lane {
+    std::vector<int32_t> items, lmem, free, orow;
+    const uint8_t* K = nullptr;
+    int64_t T = 0, m = 1, pos = 0, x = 0;
+    explicit Lane(int64_t n) : items(size_t(n) + 1), lmem(size_t(n) + 1), free(size_t(n)), orow(size_t(n)) {}
+};
+
 // One thread's scratch for decoding rows of n weights (O(n)).
 template <class U>
 struct Decoder {
@@ -315,56 +343,117 @@ struct Decoder {
     Schedules sched;
     ClassTable<U> table;
     SortedClasses<U> sorted;
-    std::vector<int32_t> free_, orow, items, lmem, cls, used;
+    std::vector<Lane> lanes;  // four rows decode at once; lanes[0] also serves the general rows
+    std::vector<int32_t> cls, used;
     std::vector<uint32_t> stamp;
     std::vector<double> inv;  // inv[t] = 1 / (n - t)
     uint32_t gen = 0;
     Decoder(int64_t n_, Bits b)
-        : n(n_), bits(b), sched(n_), table(n_), free_(size_t(n_)), orow(size_t(n_)), items(size_t(n_) + 1),
-          lmem(size_t(n_) + 1), cls(size_t(n_)), used(size_t(n_) + 1), stamp(size_t(n_), 0), inv(size_t(n_) + 1) {
+        : n(n_), bits(b), sched(n_), table(n_), lanes(4, Lane(n_)), cls(size_t(n_)), used(size_t(n_) + 1),
+          stamp(size_t(n_), 0), inv(size_t(n_) + 1) {
         for (int64_t t = 0; t < n; ++t) inv[size_t(t)] = 1.0 / double(n - t);
     }
 
-    // Swap chain of PERM digits over items[0 .. T): orow[slot] = item. Returns the final state x.
-    int64_t chain(const uint8_t* K, int64_t& pos, int64_t T) {
-        for (int64_t i = 0; i < n; ++i) free_[size_t(i)] = int32_t(i);
-        int64_t x = 0;
-        for (int64_t t = 0; t < T; ++t) {
-            const int k = K[t];
-            x = (x << k) | int64_t(bits.read(pos, k));
-            pos += k;
-            const int64_t R = n - t;
-            int64_t d;
-            x = divmod(x, R, inv[size_t(t)], d);
-            orow[size_t(free_[size_t(d)])] = items[size_t(t)];
-            free_[size_t(d)] = free_[size_t(R - 1)];
-        }
-        return x;
-    }
+    // A PERM row whose only repeated value (if any) is L's: no class search, no sort.
+    static bool simple(const RowLayout& lay) { return lay.kind() == DISTINCT || lay.kind() == ONE; }
 
-    // Decode one row into orow (the source index of every position); returns a Bad code.
-    int decode_row(const U* row, const RowLayout& lay, int64_t pos) {
-        const uint32_t kind = lay.kind();
-        if (kind == DISTINCT) {  // L = {0}, items 1 .. n-1
-            for (int64_t t = 0; t + 1 < n; ++t) items[size_t(t)] = int32_t(t + 1);
-            const int64_t x = chain(sched.get(PERM, 1), pos, n - 1);
-            orow[size_t(free_[0])] = 0;
-            return x ? NOT_ZERO : OK;
-        }
-        if (kind == ONE) {  // L's pattern is the only repeated one: no sort
+    // Items (sources outside L, increasing) and L's members of a simple row; free slots reset.
+    void prepare(Lane& l, const U* row, const RowLayout& lay, int64_t pos) {
+        l.pos = pos;
+        l.x = 0;
+        if (lay.kind() == DISTINCT) {  // L = {0}
+            for (int64_t t = 0; t + 1 < n; ++t) l.items[size_t(t)] = int32_t(t + 1);
+            l.T = n - 1;
+            l.m = 1;
+            l.lmem[0] = 0;
+            l.K = sched.get(PERM, 1);
+        } else {  // L: the sources holding L's bit pattern
             const U lkey = row[lay.lfirst];
             int64_t T = 0, nl = 0;
             for (int64_t s = 0; s < n; ++s) {
-                if (row[s] == lkey) lmem[size_t(nl++)] = int32_t(s);
-                else items[size_t(T++)] = int32_t(s);
-                orow[size_t(s)] = -1;
+                if (row[s] == lkey) l.lmem[size_t(nl++)] = int32_t(s);
+                else l.items[size_t(T++)] = int32_t(s);
+                l.orow[size_t(s)] = -1;
             }
-            if (T != n - int64_t(lay.p)) return NOT_PERM;  // cannot happen: the layout counted L
-            const int64_t x = chain(sched.get(PERM, lay.p), pos, T);
-            for (int64_t j = 0, i = 0; j < n; ++j)  // L's members, increasing, into the slots left
-                if (orow[size_t(j)] < 0) orow[size_t(j)] = lmem[size_t(i++)];
-            return x ? NOT_ZERO : OK;
+            l.T = T;
+            l.m = nl;  // == lay.p: the layout counted this very class
+            l.K = sched.get(PERM, nl);
         }
+        for (int64_t i = 0; i < n; ++i) l.free[size_t(i)] = int32_t(i);
+    }
+
+    // A lane's chain state in locals: the build has -fno-strict-aliasing, so state kept in the
+    // Lane would be reloaded after every store to a slot.
+    struct Chain {
+        const uint8_t* K;
+        const int32_t* items;
+        int32_t *free, *orow;
+        int64_t pos, x;
+        explicit Chain(Lane& l) : K(l.K), items(l.items.data()), free(l.free.data()), orow(l.orow.data()), pos(l.pos), x(l.x) {}
+        void save(Lane& l) const { l.pos = pos; l.x = x; }
+    };
+
+    // Digit t of a chain: refill, divide, and the swap-remove of its slot.
+    static inline void step(Chain& c, const Bits& bits, int64_t t, int64_t R, double ir) {
+        const int k = c.K[t];
+        int64_t d;
+        c.x = divmod((c.x << k) | int64_t(bits.read(c.pos, k)), R, ir, d);
+        c.pos += k;
+        c.orow[c.free[d]] = c.items[t];
+        c.free[d] = c.free[R - 1];
+    }
+
+    // Swap chains of `count` lanes; four lanes run interleaved (independent division latencies
+    // overlap) up to the shortest, then each finishes alone.
+    void run(int count) {
+        const Bits bt = bits;
+        const double* iv = inv.data();
+        const int64_t nn = n;
+        int64_t Tm = 0;
+        if (count == 4) {
+            Tm = std::min(std::min(lanes[0].T, lanes[1].T), std::min(lanes[2].T, lanes[3].T));
+            Chain a(lanes[0]), b(lanes[1]), c(lanes[2]), d(lanes[3]);
+            for (int64_t t = 0; t < Tm; ++t) {
+                const int64_t R = nn - t;
+                const double ir = iv[t];
+                step(a, bt, t, R, ir);
+                step(b, bt, t, R, ir);
+                step(c, bt, t, R, ir);
+                step(d, bt, t, R, ir);
+            }
+            a.save(lanes[0]);
+            b.save(lanes[1]);
+            c.save(lanes[2]);
+            d.save(lanes[3]);
+        }
+        for (int i = 0; i < count; ++i) {
+            Chain c(lanes[size_t(i)]);
+            for (int64_t t = Tm, T = lanes[size_t(i)].T; t < T; ++t) step(c, bt, t, nn - t, iv[t]);
+            c.save(lanes[size_t(i)]);
+        }
+    }
+
+    // L's members, increasing, into the slots left, increasing; the row's Bad code.
+    int fill(Lane& l) {
+        if (l.m == 1) {
+            l.orow[size_t(l.free[0])] = l.lmem[0];
+        } else {
+            for (int64_t j = 0, i = 0; j < n; ++j)
+                if (l.orow[size_t(j)] < 0) l.orow[size_t(j)] = l.lmem[size_t(i++)];
+        }
+        return l.x ? NOT_ZERO : OK;
+    }
+
+    // Decode one row into lanes[0].orow (the source index of every position); returns a Bad code.
+    int decode_row(const U* row, const RowLayout& lay, int64_t pos) {
+        Lane& l = lanes[0];
+        if (simple(lay)) {
+            prepare(l, row, lay, pos);
+            run(1);
+            return fill(l);
+        }
+        int32_t* orow = l.orow.data();
+        int32_t* items = l.items.data();
         sorted.build(row, n);
         const auto& order = sorted.order;
         const auto& start = sorted.start;
@@ -407,7 +496,13 @@ struct Decoder {
             orow[size_t(s)] = -1;
         }
         if (T != n - int64_t(lay.p)) return NOT_PERM;  // cannot happen
-        const int64_t x = chain(K, pos, T);
+        l.K = K;
+        l.T = T;
+        l.pos = pos;
+        l.x = 0;
+        for (int64_t i = 0; i < n; ++i) l.free[size_t(i)] = int32_t(i);
+        run(1);
+        const int64_t x = l.x;
         // walking slots increasingly, each class's slots take its members increasingly
         int64_t li = big;
         for (int64_t j = 0; j < n; ++j) {
@@ -424,13 +519,13 @@ struct Decoder {
 
     // out[j] = src[orow[j]], checking on the way that orow is a permutation of 0 .. n-1.
     template <class S, class O>
-    bool put_row(const S* src, O* out) {
+    bool put(const int32_t* orow, const S* src, O* out) {
         if (++gen == 0) {
             std::fill(stamp.begin(), stamp.end(), 0);
             gen = 1;
         }
         for (int64_t j = 0; j < n; ++j) {
-            const int32_t s = orow[size_t(j)];
+            const int32_t s = orow[j];
             if (s < 0 || s >= n || stamp[size_t(s)] == gen) return false;
             stamp[size_t(s)] = gen;
             out[j] = src ? O(src[s]) : O(s);
@@ -447,31 +542,52 @@ void decode_rows(const U* raw, const Layout& L, const BitsMemo& memo, Bits bits,
     int64_t bad_row = INT64_MAX;
     int bad_why = OK;
     const RowLayout distinct{1, DISTINCT, 0};
-    parallel_for(L.nblocks(), double(BLOCK * std::max<int64_t>(n, 1)), 1 << 16, [&](int64_t b0, int64_t b1) {
+    auto layout = [&](int64_t r) -> const RowLayout& { return L.ties ? L.row[size_t(r)] : distinct; };
+    auto simple = [&](int64_t r) { return Decoder<U>::simple(layout(r)); };
+    parallel_for(L.nblocks(), double(BLOCK * std::max<int64_t>(n, 1)), 1 << 16, [&](int64_t blo, int64_t bhi) {
         Decoder<U> dec(n, bits);
-        for (int64_t r = b0 * BLOCK, end = std::min(rows, b1 * BLOCK); r < end; ) {
+        // checks and gathers row r from its decoded sources; false (recorded) if the row is bad
+        auto finish = [&](int64_t r, const int32_t* orow, int why) {
+            const U* row = raw + r * n;
+            if (!why && !L.ties && n >= 2 && dec.table.has_tie(row, n)) why = TIED;
+            if (!why && !(gather ? dec.put(orow, row, out + r * n) : dec.template put<U, O>(orow, nullptr, out + r * n)))
+                why = NOT_PERM;
+            if (why) {
+                std::lock_guard<std::mutex> g(mu);
+                if (r < bad_row) {
+                    bad_row = r;
+                    bad_why = why;
+                }
+            }
+            return !why;
+        };
+        for (int64_t r = blo * BLOCK, end = std::min(rows, bhi * BLOCK); r < end; ) {
             int64_t pos = L.block_off[size_t(r / BLOCK)];
-            for (const int64_t e = std::min(end, r + BLOCK); r < e; ++r) {
-                const U* row = raw + r * n;
-                const RowLayout& lay = L.ties ? L.row[size_t(r)] : distinct;
+            for (const int64_t e = std::min(end, r + BLOCK); r < e; ) {
+                if (n >= 2 && r + 4 <= e && simple(r) && simple(r + 1) && simple(r + 2) && simple(r + 3)) {
+                    for (int i = 0; i < 4; ++i) {
+                        const RowLayout& lay = layout(r + i);
+                        dec.prepare(dec.lanes[size_t(i)], raw + (r + i) * n, lay, pos);
+                        pos += L.ties ? memo.bits(PERM, lay.p) : L.uniform_bits;
+                    }
+                    dec.run(4);
+                    for (int i = 0; i < 4; ++i) {
+                        Lane& l = dec.lanes[size_t(i)];
+                        if (!finish(r + i, l.orow.data(), dec.fill(l))) return;
+                    }
+                    r += 4;
+                    continue;
+                }
                 int why = OK;
                 if (n >= 2) {
-                    why = dec.decode_row(row, lay, pos);
+                    const RowLayout& lay = L.ties ? L.row[size_t(r)] : distinct;
+                    why = dec.decode_row(raw + r * n, lay, pos);
                     pos += L.ties ? memo.bits(lay.mode(), lay.p) : L.uniform_bits;
                 } else if (n == 1) {
-                    dec.orow[0] = 0;
+                    dec.lanes[0].orow[0] = 0;
                 }
-                if (!why && !L.ties && n >= 2 && dec.table.has_tie(row, n)) why = TIED;
-                if (!why && !(gather ? dec.put_row(row, out + r * n) : dec.template put_row<U, O>(nullptr, out + r * n)))
-                    why = NOT_PERM;
-                if (why) {
-                    std::lock_guard<std::mutex> g(mu);
-                    if (r < bad_row) {
-                        bad_row = r;
-                        bad_why = why;
-                    }
-                    return;  // this chunk's first bad row; later chunks report theirs
-                }
+                if (!finish(r, dec.lanes[0].orow.data(), why)) return;  // this chunk's first bad row
+                ++r;
             }
         }
     });
@@ -711,8 +827,8 @@ py::tuple encode_py(const py::array& perm_, const py::array& raw_) {
 // Upper bound of one decoding thread's scratch (Decoder<U>: tables, chains, sorted classes) in bytes.
 int64_t scratch_bytes(int64_t n, int64_t itemsize) {
     const int64_t pair = itemsize == 8 ? 16 : 8;
-    const int64_t table = (4 * n + 2) * (itemsize + 12) + 4 * n;
-    return 4 * (n + 1) * 4 + table + n * (pair + 8) + 8 + 28 * (n + 1) + 4 * n + 8 * (n + 1) + 4096;
+    const int64_t table = (4 * n + 2) * (std::max<int64_t>(16, itemsize + 16) + itemsize) + 4 * n;
+    return 4 * (n + 1) * 4 + table + n * (pair + 8) + 8 + 60 * (n + 1) + 4 * n + 8 * (n + 1) + 4096;
 }
 
 void check_layout_args(uint32_t mode, int64_t n, int64_t p) {

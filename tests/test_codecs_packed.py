@@ -247,7 +247,7 @@ def test_working_bytes_is_a_small_multiple_of_the_tensor():
         for rows, n, size in ((1 << 25, 1, 2), (1 << 20, 2, 2), (4096, 576, 4), (64, 4608, 4)):
             decoded = rows * n * size
             wb = packed.working_bytes(params, rows, n, size)
-            assert decoded <= wb <= 12 * decoded + 64 * packed._core.packed_scratch_bytes(n, size)
+            assert decoded <= wb <= 9 * decoded + 64 * packed._core.packed_scratch_bytes(n, size) + (8 << 20)
     assert packed.working_bytes({"name": "packed", "ties": True}, 1 << 25, 1, 2) < 3 * (1 << 26)
 
 
