@@ -31,7 +31,8 @@ enum Kind : uint32_t { DISTINCT = 0, ONE = 1, GENERAL = 2 };  // how a row decod
 int bitlen(uint64_t v) { return v ? 64 - __builtin_clzll(v) : 0; }
 
 // packed.schedule: K_t for the row's digits into `out` (T entries); returns the row's bits.
-int64_t schedule(uint32_t mode, int64_t n, int64_t p, uint8_t* out) {
+// `U_out` (optional) receives U before every digit.
+int64_t schedule(uint32_t mode, int64_t n, int64_t p, uint8_t* out, int64_t* U_out = nullptr) {
     const int64_t T = mode == PERM ? n - p : n;
     auto radix = [&](int64_t t) { return mode == PERM ? n - t : p; };
     int64_t P = 1, tail = T;
@@ -50,6 +51,7 @@ int64_t schedule(uint32_t mode, int64_t n, int64_t p, uint8_t* out) {
             if ((U << k) < need) ++k;
             U <<= k;
         }
+        if (U_out) U_out[t] = U >> k;
         if (out) out[t] = uint8_t(k);
         total += k;
         U /= R;
@@ -76,6 +78,36 @@ struct BitsMemo {
     }
 };
 
+// PERM schedules from the one of (PERM, n, 1): before its tail (the last digits, whose radices
+// multiply to less than NEED) a schedule's K_t and U depend on t alone, and a larger L only moves
+// the tail earlier. So K of (PERM, n, p) is a copy of a prefix plus at most 37 tail digits.
+struct PermBase {
+    std::vector<uint8_t> K;
+    std::vector<int64_t> U;  // U before digit t
+    explicit PermBase(int64_t n) : K(size_t(std::max<int64_t>(n, 1)), 0), U(size_t(std::max<int64_t>(n, 1)), 1) {
+        if (n >= 2) schedule(PERM, n, 1, K.data(), U.data());
+    }
+    void get(int64_t n, int64_t p, uint8_t* out) const {  // 1 <= p <= n
+        const int64_t T = n - p;
+        int64_t P = 1, tail = T;
+        while (tail > 0 && P * (n - tail + 1) < NEED) P *= n - --tail;
+        std::memcpy(out, K.data(), size_t(tail));
+        int64_t Uc = tail < int64_t(U.size()) ? U[size_t(tail)] : 1;
+        for (int64_t t = tail; t < T; ++t) {
+            const int64_t R = n - t, need = P;
+            P /= R;
+            int k = 0;
+            if (Uc < need) {
+                k = bitlen(uint64_t(need - 1)) - bitlen(uint64_t(Uc));
+                if ((Uc << k) < need) ++k;
+                Uc <<= k;
+            }
+            out[t] = uint8_t(k);
+            Uc /= R;
+        }
+    }
+};
+
 // One thread's schedule tables, the last few (mode, p) used (rows mostly share a few layouts).
 // Least recently used goes first: the 4 tables of one group of rows are never evicted by each other.
 struct Schedules {
@@ -83,7 +115,8 @@ struct Schedules {
     struct Entry { uint32_t mode; int64_t p; uint64_t used; std::vector<uint8_t> K; };
     std::vector<Entry> cache;
     uint64_t clock = 0;
-    explicit Schedules(int64_t n_) : n(n_) {}
+    PermBase base;
+    explicit Schedules(int64_t n_) : n(n_), base(n_) {}
     const uint8_t* get(uint32_t mode, int64_t p) {
         ++clock;
         for (auto& e : cache)
@@ -91,12 +124,15 @@ struct Schedules {
                 e.used = clock;
                 return e.K.data();
             }
-        if (cache.size() < 8) cache.push_back({});
+        if (cache.size() < 8) cache.push_back({0, 0, 0, std::vector<uint8_t>(size_t(std::max<int64_t>(n, 1)), 0)});
         Entry* e = &cache[0];
         for (auto& c : cache)
             if (c.used < e->used) e = &c;
-        *e = Entry{mode, p, clock, std::vector<uint8_t>(size_t(std::max<int64_t>(n, 1)), 0)};
-        schedule(mode, n, p, e->K.data());
+        e->mode = mode;
+        e->p = p;
+        e->used = clock;
+        if (mode == PERM && p >= 1) base.get(n, p, e->K.data());
+        else schedule(mode, n, p, e->K.data());
         return e->K.data();
     }
 };
@@ -146,12 +182,17 @@ struct ClassTable {
     uint64_t slot(U v) const { return (uint64_t(v) * 0x9E3779B97F4A7C15ull) >> shift; }
 
     // Classes of a row: L is the largest class, among equal sizes the one met first in source order.
+    // The zero pattern (+0.0: pruned weights) is counted apart, without hashing.
     RowClasses scan(const U* row, int64_t n) {
         reset();
-        uint32_t nu = 0;
+        uint32_t nu = 0, zeros = 0, zfirst = 0;
         Slot* t = slots.data();
         for (int64_t j = 0; j < n; ++j) {
             const U v = row[j];
+            if (v == 0) {
+                zfirst = zeros++ ? zfirst : uint32_t(j);
+                continue;
+            }
             uint64_t h = slot(v);
             while (t[h].stamp == gen && t[h].key != v) h = (h + 1) & mask;
             Slot& e = t[h];
@@ -162,7 +203,7 @@ struct ClassTable {
                 uniq[nu++] = uint32_t(h);
             }
         }
-        RowClasses c{1, nu, 0, 0};
+        RowClasses c{1, nu + (zeros > 0), zeros > 1, 0};
         uint32_t best = 0;
         for (uint32_t i = 0; i < nu; ++i) {  // uniq is in order of first occurrence
             const Slot& e = t[uniq[i]];
@@ -171,6 +212,10 @@ struct ClassTable {
                 c.lfirst = e.first;
             }
             c.nrep += e.count > 1;
+        }
+        if (zeros > best || (zeros && zeros == best && zfirst < c.lfirst)) {
+            best = zeros;
+            c.lfirst = zfirst;
         }
         c.m = n ? best : 1;
         return c;
@@ -370,10 +415,14 @@ struct Decoder {
         } else {  // L: the sources holding L's bit pattern
             const U lkey = row[lay.lfirst];
             int64_t T = 0, nl = 0;
-            for (int64_t s = 0; s < n; ++s) {
-                if (row[s] == lkey) l.lmem[size_t(nl++)] = int32_t(s);
-                else l.items[size_t(T++)] = int32_t(s);
-                l.orow[size_t(s)] = -1;
+            int32_t *items = l.items.data(), *lmem = l.lmem.data(), *orow = l.orow.data();
+            for (int64_t s = 0; s < n; ++s) {  // branch free: L's share of a row is unpredictable
+                const int64_t e = row[s] == lkey;
+                items[T] = int32_t(s);
+                lmem[nl] = int32_t(s);
+                T += 1 - e;
+                nl += e;
+                orow[s] = -1;
             }
             l.T = T;
             l.m = nl;  // == lay.p: the layout counted this very class
@@ -438,8 +487,14 @@ struct Decoder {
         if (l.m == 1) {
             l.orow[size_t(l.free[0])] = l.lmem[0];
         } else {
-            for (int64_t j = 0, i = 0; j < n; ++j)
-                if (l.orow[size_t(j)] < 0) l.orow[size_t(j)] = l.lmem[size_t(i++)];
+            int32_t *orow = l.orow.data();
+            const int32_t* lmem = l.lmem.data();
+            for (int64_t j = 0, i = 0; j < n; ++j) {  // branch free
+                const int32_t v = orow[j];
+                const int64_t e = v < 0;
+                orow[j] = e ? lmem[i] : v;
+                i += e;
+            }
         }
         return l.x ? NOT_ZERO : OK;
     }
@@ -848,7 +903,8 @@ void init_packed(py::module_& m) {
         check_layout_args(mode, n, p);
         const int64_t T = std::max<int64_t>(mode == PERM ? n - p : n, 0);
         py::array_t<uint8_t> out(T);
-        schedule(mode, n, p, out.mutable_data());
+        Schedules sched(n);  // the decoders' path (a PERM prefix copied), tested against packed.schedule
+        if (T) std::memcpy(out.mutable_data(), sched.get(mode, p), size_t(T));
         return out;
     }, py::arg("mode"), py::arg("n"), py::arg("p"), "K_t of a row layout (uint8, one per digit)");
     m.def("packed_row_bits", [](uint32_t mode, int64_t n, int64_t p) {

@@ -286,3 +286,13 @@ def test_check_payload_never_refuses_a_decodable_payload(data, n, rows, kind, se
     except FormatError:
         with pytest.raises(FormatError):
             packed.decode_values(params, data, v)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 40, 577, 4608])
+def test_compiled_schedules_equal_the_reference(n):
+    """The core builds PERM schedules from (PERM, n, 1)'s prefix plus the tail: same K_t as packed.schedule."""
+    ps = sorted({1, 2, 3, n // 2, n - 3, n - 1, n} & set(range(1, n + 1))) if n > 60 else range(1, n + 1)
+    for p in ps:
+        for mode in (packed.PERM, packed.SEQ):
+            assert packed._core.packed_schedule(mode, n, p).tolist() == packed.schedule(mode, n, p).tolist()
+            assert packed._core.packed_row_bits(mode, n, p) == packed.row_bits(mode, n, p)
