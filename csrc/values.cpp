@@ -52,6 +52,23 @@ constexpr double kF[8] = {2.04426310338993978564e-15, 1.42151175831644588870e-7,
 constexpr double kLogC[12] = {1.0 / 23, 1.0 / 21, 1.0 / 19, 1.0 / 17, 1.0 / 15, 1.0 / 13,
                               1.0 / 11, 1.0 / 9,  1.0 / 7,  1.0 / 5,  1.0 / 3,  1.0};
 
+// kCompress[m]: the int32 lane order that moves the 64-bit lanes set in the 4-bit mask m to the
+// front, in order (the AVX2 normal path gathers its tail elements with it).
+struct CompressTable {
+    alignas(32) int32_t lanes[16][8];
+    constexpr CompressTable() : lanes{} {
+        for (int m = 0; m < 16; ++m) {
+            int k = 0;
+            for (int b = 0; b < 4; ++b)
+                if (m >> b & 1) {
+                    lanes[m][k++] = 2 * b;
+                    lanes[m][k++] = 2 * b + 1;
+                }
+        }
+    }
+};
+constexpr CompressTable kCompress{};
+
 enum class Dist { uniform, normal, constant };
 enum class Out { f64, f32, f16, bf16 };
 
