@@ -88,6 +88,34 @@ py::object check_apply(const py::array& v, const py::array& perm) {
     throw py::value_error("bit patterns must be 1, 2, 4 or 8 bytes wide");
 }
 
+template <class T>
+py::array_t<bool> tied_rows_bits(const py::array& v) {
+    const int64_t rows = v.shape(0), n = v.shape(1);
+    py::array_t<bool> out(rows);
+    const T* pv = static_cast<const T*>(v.data());
+    bool* po = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        parallel_for(rows, double(n), kSerialBelow, [&](int64_t r0, int64_t r1) {
+            KeyClasses table(n);
+            for (int64_t r = r0; r < r1; ++r) po[r] = row_has_ties(pv + r * n, n, table);
+        });
+    }
+    return out;
+}
+
+// Per row: does some bit pattern occur more than once?
+py::array_t<bool> tied_rows(const py::array& v) {
+    expect_bits(v, "v");
+    switch (v.itemsize()) {
+        case 1: return tied_rows_bits<uint8_t>(v);
+        case 2: return tied_rows_bits<uint16_t>(v);
+        case 4: return tied_rows_bits<uint32_t>(v);
+        case 8: return tied_rows_bits<uint64_t>(v);
+    }
+    throw py::value_error("bit patterns must be 1, 2, 4 or 8 bytes wide");
+}
+
 }  // namespace
 
 void init_perm(py::module_& m) {
@@ -95,6 +123,7 @@ void init_perm(py::module_& m) {
           "(perm, ok): the canonical permutation of each row by hashing bit patterns (perm.find_reference's)");
     m.def("check_apply", &check_apply, py::arg("v"), py::arg("perm"),
           "rows gathered by perm (perm.check then perm.apply), or None if a row is not a permutation");
+    m.def("tied_rows", &tied_rows, py::arg("v"), "per row: does a bit pattern repeat (perm.tied_rows_reference's)");
 }
 
 }  // namespace pc

@@ -106,6 +106,18 @@ def apply(v: np.ndarray, perm: np.ndarray) -> np.ndarray:
     return np.take_along_axis(v, perm, 1)
 
 
+def tied_rows(v: np.ndarray) -> np.ndarray:
+    """Per row of ``v`` (rows x n): True where some bit pattern occurs more than once (compiled)."""
+    from ._native import core
+    return core().tied_rows(_bits(v))
+
+
+def tied_rows_reference(v: np.ndarray) -> np.ndarray:
+    """:func:`tied_rows` by sorting (numpy only)."""
+    k = np.sort(_bits(v), axis=1)
+    return (k[:, 1:] == k[:, :-1]).any(axis=1)
+
+
 def info_bits(v: np.ndarray) -> float:
     """The information limit, in bits, of all rows of ``v``: sum log2(n! / prod m_v!)."""
     from math import lgamma, log

@@ -105,3 +105,9 @@ def test_empty_rows():
     v = np.zeros((3, 0), np.float32)
     assert P.find(v, v).shape == (3, 0)
     assert P.check_apply(v, np.zeros((3, 0), np.int64)).shape == (3, 0)
+
+
+@given(cases())
+def test_tied_rows_equals_reference(case):
+    v, _, _ = case
+    assert np.array_equal(P.tied_rows(v), P.tied_rows_reference(v))
