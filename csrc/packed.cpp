@@ -12,6 +12,7 @@
 // Working memory (see working_bytes in packed.py): the output, 12 bytes per row for the layout
 // when ties=true, 8 bytes per block, and O(n) scratch per thread. Nothing depends on the thread count.
 #include "common.h"
+#include "perm.h"
 
 #include <atomic>
 #include <climits>
@@ -136,13 +137,6 @@ struct Schedules {
         return e->K.data();
     }
 };
-
-// dtypes.order_keys of one bit pattern: the IEEE total order with -0.0 just below +0.0.
-template <class U>
-U order_key(U b) {
-    const U sign = U(U(1) << (sizeof(U) * 8 - 1));
-    return (b & sign) ? U(~b) : U(b | sign);
-}
 
 // ---- classes ----------------------------------------------------------------------------------
 struct RowClasses {
@@ -311,13 +305,13 @@ Layout plan(const U* raw, int64_t rows, int64_t n, bool ties, BitsMemo& memo) {
 // Sorted classes of a row (general rows): source indices by (order key, index), class starts.
 template <class U>
 struct SortedClasses {
-    std::vector<std::pair<U, uint32_t>> pairs;
+    std::vector<std::pair<uint64_t, uint32_t>> pairs;
     std::vector<uint32_t> order, start;  // order[i]: i-th source in sorted order; start[c]: class c's first i
     void build(const U* row, int64_t n) {
         pairs.resize(size_t(n));
         order.resize(size_t(n));
         start.clear();
-        for (int64_t j = 0; j < n; ++j) pairs[size_t(j)] = {order_key(row[j]), uint32_t(j)};
+        for (int64_t j = 0; j < n; ++j) pairs[size_t(j)] = {order_key(uint64_t(row[j]), int(8 * sizeof(U))), uint32_t(j)};
         std::sort(pairs.begin(), pairs.end());
         for (int64_t i = 0; i < n; ++i) {
             order[size_t(i)] = pairs[size_t(i)].second;
@@ -390,12 +384,11 @@ struct Decoder {
     SortedClasses<U> sorted;
     std::vector<Lane> lanes;  // four rows decode at once; lanes[0] also serves the general rows
     std::vector<int32_t> cls, used;
-    std::vector<uint32_t> stamp;
+    std::vector<int64_t> stamp;  // put_row's marks: the index of the last row that took each source
     std::vector<double> inv;  // inv[t] = 1 / (n - t)
-    uint32_t gen = 0;
     Decoder(int64_t n_, Bits b)
         : n(n_), bits(b), sched(n_), table(n_), lanes(4, Lane(n_)), cls(size_t(n_)), used(size_t(n_) + 1),
-          stamp(size_t(n_), 0), inv(size_t(n_) + 1) {
+          stamp(size_t(n_), -1), inv(size_t(n_) + 1) {
         for (int64_t t = 0; t < n; ++t) inv[size_t(t)] = 1.0 / double(n - t);
     }
 
@@ -572,26 +565,13 @@ struct Decoder {
         return x ? NOT_ZERO : OK;
     }
 
-    // out[j] = src[orow[j]], checking on the way that orow is a permutation of 0 .. n-1.
-    template <class S, class O>
-    bool put(const int32_t* orow, const S* src, O* out) {
-        if (++gen == 0) {
-            std::fill(stamp.begin(), stamp.end(), 0);
-            gen = 1;
-        }
-        for (int64_t j = 0; j < n; ++j) {
-            const int32_t s = orow[j];
-            if (s < 0 || s >= n || stamp[size_t(s)] == gen) return false;
-            stamp[size_t(s)] = gen;
-            out[j] = src ? O(src[s]) : O(s);
-        }
-        return true;
-    }
 };
 
-// Decode every row: out[r] = gathered values (gather) or the permutation (int64).
+// Decode every row: out[r][j] = src[r * src_stride + perm[r][j]]: the gathered values (src = the
+// bit patterns, stride n) or the permutation (src = 0 .. n-1, stride 0).
 template <class U, class O>
-void decode_rows(const U* raw, const Layout& L, const BitsMemo& memo, Bits bits, bool gather, O* out) {
+void decode_rows(const U* raw, const Layout& L, const BitsMemo& memo, Bits bits, const O* src, int64_t src_stride,
+                 O* out) {
     const int64_t n = L.n, rows = L.rows;
     std::mutex mu;
     int64_t bad_row = INT64_MAX;
@@ -605,8 +585,7 @@ void decode_rows(const U* raw, const Layout& L, const BitsMemo& memo, Bits bits,
         auto finish = [&](int64_t r, const int32_t* orow, int why) {
             const U* row = raw + r * n;
             if (!why && !L.ties && n >= 2 && dec.table.has_tie(row, n)) why = TIED;
-            if (!why && !(gather ? dec.put(orow, row, out + r * n) : dec.template put<U, O>(orow, nullptr, out + r * n)))
-                why = NOT_PERM;
+            if (!why && !put_row(orow, n, src + r * src_stride, out + r * n, dec.stamp.data(), r)) why = NOT_PERM;
             if (why) {
                 std::lock_guard<std::mutex> g(mu);
                 if (r < bad_row) {
@@ -854,13 +833,15 @@ py::array decode_py(const py::array& raw_, const py::buffer& payload, bool ties,
             py::array out(raw.dtype(), {rows, n});
             U* o = static_cast<U*>(out.mutable_data());
             py::gil_scoped_release nogil;
-            decode_rows(src, L, memo, bits, true, o);
+            decode_rows(src, L, memo, bits, src, n, o);
             return out;
         }
         py::array_t<int64_t> out({rows, n});
         int64_t* o = out.mutable_data();
         py::gil_scoped_release nogil;
-        decode_rows(src, L, memo, bits, false, o);
+        std::vector<int64_t> ident(static_cast<size_t>(n));
+        for (int64_t j = 0; j < n; ++j) ident[size_t(j)] = j;
+        decode_rows(src, L, memo, bits, ident.data(), 0, o);
         return std::move(out);
     });
 }
@@ -881,9 +862,13 @@ py::tuple encode_py(const py::array& perm_, const py::array& raw_) {
 
 // Upper bound of one decoding thread's scratch (Decoder<U>: tables, chains, sorted classes) in bytes.
 int64_t scratch_bytes(int64_t n, int64_t itemsize) {
-    const int64_t pair = itemsize == 8 ? 16 : 8;
-    const int64_t table = (4 * n + 2) * (std::max<int64_t>(16, itemsize + 16) + itemsize) + 4 * n;
-    return 4 * (n + 1) * 4 + table + n * (pair + 8) + 8 + 60 * (n + 1) + 4 * n + 8 * (n + 1) + 4096;
+    const int64_t slots = 4 * n + 2;  // a power of two >= 2n
+    const int64_t table = slots * (std::max<int64_t>(16, itemsize + 16) + itemsize) + 4 * n;
+    const int64_t schedules = 8 * (n + 1) + 9 * (n + 1);  // 8 cached tables, the PERM base K and U
+    const int64_t sorted = 24 * (n + 1);                   // (key, index) pairs, order, class starts
+    const int64_t lanes = 4 * 16 * (n + 1);                // items, L's members, free slots, sources
+    const int64_t rest = (4 + 4 + 8 + 8) * (n + 1);        // cls, used, put_row's stamps, 1 / R
+    return table + schedules + sorted + lanes + rest + 4096;
 }
 
 void check_layout_args(uint32_t mode, int64_t n, int64_t p) {
