@@ -62,23 +62,6 @@ int64_t schedule(uint32_t mode, int64_t n, int64_t p, uint8_t* out, int64_t* U_o
 
 int64_t row_bits(uint32_t mode, int64_t n, int64_t p) { return schedule(mode, n, p, nullptr); }
 
-// Row sizes in bits by (mode, p), computed once per distinct value (O(n) each).
-struct BitsMemo {
-    int64_t n;
-    std::vector<int64_t> perm, seq;
-    explicit BitsMemo(int64_t n_) : n(n_), perm(size_t(n_ + 1), -1), seq(size_t(n_ + 1), -1) {}
-    int64_t get(uint32_t mode, int64_t p) {
-        int64_t& b = (mode == PERM ? perm : seq)[size_t(p)];
-        if (b < 0) b = row_bits(mode, n, p);
-        return b;
-    }
-    int64_t bits(uint32_t mode, int64_t p) const { return (mode == PERM ? perm : seq)[size_t(p)]; }  // filled
-    // packed.row_mode: SEQ where it takes fewer bits than PERM.
-    uint32_t mode_of(int64_t m, int64_t k) {
-        return k > 1 && get(SEQ, k) < get(PERM, m) ? SEQ : PERM;
-    }
-};
-
 // PERM schedules from the one of (PERM, n, 1): before its tail (the last digits, whose radices
 // multiply to less than NEED) a schedule's K_t and U depend on t alone, and a larger L only moves
 // the tail earlier. So K of (PERM, n, p) is a copy of a prefix plus at most 37 tail digits.
@@ -88,11 +71,12 @@ struct PermBase {
     explicit PermBase(int64_t n) : K(size_t(std::max<int64_t>(n, 1)), 0), U(size_t(std::max<int64_t>(n, 1)), 1) {
         if (n >= 2) schedule(PERM, n, 1, K.data(), U.data());
     }
-    void get(int64_t n, int64_t p, uint8_t* out) const {  // 1 <= p <= n
+    // K of (PERM, n, p), 1 <= p <= n, into out (the prefix only if `prefix`); returns the tail's start.
+    int64_t get(int64_t n, int64_t p, uint8_t* out, bool prefix = true) const {
         const int64_t T = n - p;
         int64_t P = 1, tail = T;
         while (tail > 0 && P * (n - tail + 1) < NEED) P *= n - --tail;
-        std::memcpy(out, K.data(), size_t(tail));
+        if (prefix) std::memcpy(out, K.data(), size_t(tail));
         int64_t Uc = tail < int64_t(U.size()) ? U[size_t(tail)] : 1;
         for (int64_t t = tail; t < T; ++t) {
             const int64_t R = n - t, need = P;
@@ -106,6 +90,38 @@ struct PermBase {
             out[t] = uint8_t(k);
             Uc /= R;
         }
+        return tail;
+    }
+};
+
+// Row sizes in bits by (mode, p), computed once per distinct value: PERM ones from the base's
+// prefix sums (O(37) each), SEQ ones in O(n).
+struct BitsMemo {
+    int64_t n;
+    std::vector<int64_t> perm, seq, prefix;  // prefix[t] = K_0 + ... + K_{t-1} of (PERM, n, 1)
+    PermBase base;
+    std::vector<uint8_t> tail;
+    explicit BitsMemo(int64_t n_)
+        : n(n_), perm(size_t(n_ + 1), -1), seq(size_t(n_ + 1), -1), prefix(size_t(n_ + 1), 0), base(n_),
+          tail(size_t(std::max<int64_t>(n_, 1))) {
+        for (int64_t t = 0; t + 1 < n; ++t) prefix[size_t(t + 1)] = prefix[size_t(t)] + base.K[size_t(t)];
+    }
+    int64_t get(uint32_t mode, int64_t p) {
+        int64_t& b = (mode == PERM ? perm : seq)[size_t(p)];
+        if (b >= 0) return b;
+        if (mode == PERM && p >= 1 && n >= 2) {
+            const int64_t t0 = base.get(n, p, tail.data(), false);
+            b = prefix[size_t(t0)];
+            for (int64_t t = t0; t < n - p; ++t) b += tail[size_t(t)];
+        } else {
+            b = row_bits(mode, n, p);
+        }
+        return b;
+    }
+    int64_t bits(uint32_t mode, int64_t p) const { return (mode == PERM ? perm : seq)[size_t(p)]; }  // filled
+    // packed.row_mode: SEQ where it takes fewer bits than PERM.
+    uint32_t mode_of(int64_t m, int64_t k) {
+        return k > 1 && get(SEQ, k) < get(PERM, m) ? SEQ : PERM;
     }
 };
 
@@ -219,27 +235,43 @@ struct ClassTable {
     // common case (none) is what a load meets most: keys only, 0 marks an empty slot (the zero
     // pattern is counted apart), and only the slots used are emptied again.
     bool has_tie(const U* row, int64_t n) {
+        const Quick q = quick(row, n);
+        return q.nonzero_tie || q.zeros > 1;
+    }
+
+    // Whether the row's nonzero patterns repeat (stops at the first repeat), and its zeros: the
+    // classes of a row of distinct values or of pruned distinct values, without the full scan.
+    struct Quick { bool nonzero_tie; uint32_t zeros, zfirst; };
+    Quick quick(const U* row, int64_t n) {
         U* t = keys.data();
         uint32_t* u = uniq.data();
-        int64_t nu = 0, zeros = 0;
-        bool tie = false;
+        int64_t nu = 0;
+        Quick q{false, 0, 0};
         for (int64_t j = 0; j < n; ++j) {
             const U v = row[j];
             if (v == 0) {
-                tie = tie || ++zeros > 1;
+                q.zfirst = q.zeros++ ? q.zfirst : uint32_t(j);
                 continue;
             }
             uint64_t h = (uint64_t(v) * 0x9E3779B97F4A7C15ull) >> kshift;
             while (t[h] != 0 && t[h] != v) h = (h + 1) & kmask;
             if (t[h] == v) {
-                tie = true;
+                q.nonzero_tie = true;
                 break;
             }
             t[h] = v;
             u[nu++] = uint32_t(h);
         }
         for (int64_t i = 0; i < nu; ++i) t[u[i]] = 0;
-        return tie;
+        return q;
+    }
+
+    // classes() through quick() where the nonzero patterns are distinct (L: the zeros if repeated).
+    RowClasses classes(const U* row, int64_t n) {
+        const Quick q = quick(row, n);
+        if (q.nonzero_tie) return scan(row, n);
+        if (q.zeros <= 1) return RowClasses{1, uint32_t(n), 0, 0};
+        return RowClasses{q.zeros, uint32_t(n) - q.zeros + 1, 1, q.zfirst};
     }
 };
 
@@ -279,7 +311,7 @@ Layout plan(const U* raw, int64_t rows, int64_t n, bool ties, BitsMemo& memo) {
     parallel_for(rows, double(n), 1 << 16, [&](int64_t lo, int64_t hi) {
         ClassTable<U> table(n);
         for (int64_t r = lo; r < hi; ++r) {
-            const RowClasses c = table.has_tie(raw + r * n, n) ? table.scan(raw + r * n, n) : RowClasses{1, uint32_t(n), 0, 0};
+            const RowClasses c = table.classes(raw + r * n, n);
             const uint32_t kind = c.nrep == 0 ? DISTINCT : c.nrep == 1 ? ONE : GENERAL;
             L.row[size_t(r)] = {c.m, kind, c.lfirst};
             kcount[size_t(r)] = c.k;

@@ -254,14 +254,15 @@ def check_payload(params: dict, payload, rows: int, n: int) -> None:
 
 def working_bytes(params: dict, rows: int, n: int, itemsize: int) -> int:
     """An upper bound of what :func:`decode_values` allocates: the output, 16 bytes per row for
-    the row layouts (``ties`` only), 8 per block of 64 rows, and each thread's O(n) scratch, plus
+    the row layouts (``ties`` only), 8 per block of 64 rows, the row-size tables (41 bytes per
+    weight of one row), and each thread's O(n) scratch, plus
     a fixed 8 MiB for thread stacks and allocator arenas (what RSS sees, tested)."""
     ties = _ties(params)
     out = rows * n * itemsize
     layout = 16 * rows if ties and n >= 2 else 0
     threads = min(max(rows, 1), _core.num_threads())
     scratch = threads * _core.packed_scratch_bytes(n, itemsize)
-    return out + layout + 8 * (rows // 64 + 2) + 16 * (n + 1) + scratch + (8 << 20)
+    return out + layout + 8 * (rows // 64 + 2) + 41 * (n + 1) + scratch + (8 << 20)
 
 
 def decode(params: dict, payload, values: np.ndarray) -> np.ndarray:
