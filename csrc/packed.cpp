@@ -383,6 +383,10 @@ inline int64_t divmod(int64_t x, int64_t R, double ir, int64_t& d) {
         ++q;
         d -= R;
     }
+    if (uint64_t(d) >= uint64_t(R)) {  // never below 2^52; exact (and in range) for any bits
+        q = int64_t(uint64_t(x) / uint64_t(R));
+        d = int64_t(uint64_t(x) % uint64_t(R));
+    }
     return q;
 }
 
