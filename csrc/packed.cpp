@@ -7,10 +7,14 @@
 //   1. layout: each row's classes of equal bit patterns (hash scan, O(n)) give its mode and its
 //      size in bits; rows are grouped in blocks of BLOCK rows whose starting bit is recorded.
 //      With ties=false every row has the same layout and this pass is skipped.
+//      The encoder always runs it (it decides `ties`); the decoder also rejects, with ties=false,
+//      a row that holds equal values (a conforming writer never produces one).
 //   2. code: blocks are split among threads; each row is decoded (or encoded) from its block's
-//      offset, and the decoder gathers the values through a checked scratch row.
-// Working memory (see working_bytes in packed.py): the output, 12 bytes per row for the layout
-// when ties=true, 8 bytes per block, and O(n) scratch per thread. Nothing depends on the thread count.
+//      offset; four rows of the common kinds decode interleaved, and the decoder gathers the
+//      values through perm.h's checked put_row.
+// Working memory (working_bytes in packed.py, scratch_bytes here): the output, 16 bytes per row
+// for the layout when ties=true, 8 bytes per block, O(n) tables, and O(n) scratch per thread.
+// Every payload read is bounds-checked (Bits::read). Nothing depends on the thread count.
 #include "common.h"
 #include "perm.h"
 
@@ -418,12 +422,12 @@ struct Decoder {
     Schedules sched;
     ClassTable<U> table;
     SortedClasses<U> sorted;
-    std::vector<Lane> lanes;  // four rows decode at once; lanes[0] also serves the general rows
+    std::vector<Lane> lanes;  // four rows decode at once (3 more made at the first four); [0] serves all rows
     std::vector<int32_t> cls, used;
     std::vector<int64_t> stamp;  // put_row's marks: the index of the last row that took each source
     std::vector<double> inv;  // inv[t] = 1 / (n - t)
     Decoder(int64_t n_, Bits b)
-        : n(n_), bits(b), sched(n_), table(n_), lanes(4, Lane(n_)), cls(size_t(n_)), used(size_t(n_) + 1),
+        : n(n_), bits(b), sched(n_), table(n_), lanes(1, Lane(n_)), cls(size_t(n_)), used(size_t(n_) + 1),
           stamp(size_t(n_), -1), inv(size_t(n_) + 1) {
         for (int64_t t = 0; t < n; ++t) inv[size_t(t)] = 1.0 / double(n - t);
     }
@@ -635,6 +639,7 @@ void decode_rows(const U* raw, const Layout& L, const BitsMemo& memo, Bits bits,
             int64_t pos = L.block_off[size_t(r / BLOCK)];
             for (const int64_t e = std::min(end, r + BLOCK); r < e; ) {
                 if (n >= 2 && r + 4 <= e && simple(r) && simple(r + 1) && simple(r + 2) && simple(r + 3)) {
+                    while (dec.lanes.size() < 4) dec.lanes.emplace_back(n);
                     for (int i = 0; i < 4; ++i) {
                         const RowLayout& lay = layout(r + i);
                         dec.prepare(dec.lanes[size_t(i)], raw + (r + i) * n, lay, pos);
