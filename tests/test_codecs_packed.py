@@ -296,3 +296,13 @@ def test_compiled_schedules_equal_the_reference(n):
         for mode in (packed.PERM, packed.SEQ):
             assert packed._core.packed_schedule(mode, n, p).tolist() == packed.schedule(mode, n, p).tolist()
             assert packed._core.packed_row_bits(mode, n, p) == packed.row_bits(mode, n, p)
+
+
+def test_encoder_refuses_what_is_not_a_permutation():
+    """The core indexes with perm: an index out of range or repeated is refused, never written."""
+    from permcodec.errors import PermcodecError
+    v = make("distinct", 2, 6, 0, 1)
+    for bad in ([[0, 1, 2, 3, 4, 6], [0, 1, 2, 3, 4, 5]], [[0, 1, 2, 3, 4, 5], [0, 0, 2, 3, 4, 5]],
+                [[-1, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]]):
+        with pytest.raises(PermcodecError, match="not a permutation"):
+            packed.encode(np.array(bad), v)
