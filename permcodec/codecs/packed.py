@@ -253,10 +253,10 @@ def check_payload(params: dict, payload, rows: int, n: int) -> None:
 
 
 def working_bytes(params: dict, rows: int, n: int, itemsize: int) -> int:
-    """An upper bound of what :func:`decode_values` allocates: the output, 16 bytes per row for
-    the row layouts (``ties`` only), 8 per block of 64 rows, the row-size tables (41 bytes per
-    weight of one row), and each thread's O(n) scratch, plus
-    a fixed 8 MiB for thread stacks and allocator arenas (what RSS sees, tested)."""
+    """An upper bound of what :func:`decode_values` allocates, for the loader to check before
+    decoding: the output, 16 bytes per row for the row layouts (``ties`` only), 8 per block of 64
+    rows, the row-size tables (41 bytes per weight of one row), each thread's O(n) scratch, and a
+    fixed 8 MiB for thread stacks and allocator arenas (RSS measured in the tests)."""
     ties = _ties(params)
     out = rows * n * itemsize
     layout = 16 * rows if ties and n >= 2 else 0
