@@ -247,27 +247,36 @@ struct ClassTable {
     // classes of a row of distinct values or of pruned distinct values, without the full scan.
     struct Quick { bool nonzero_tie; uint32_t zeros, zfirst; };
     Quick quick(const U* row, int64_t n) {
-        U* t = keys.data();
+        U* t = keys.data();  // locals: with -fno-strict-aliasing a member is reloaded after every store
         uint32_t* u = uniq.data();
+        const int sh = kshift;
+        const uint64_t mk = kmask;
         int64_t nu = 0;
-        Quick q{false, 0, 0};
+        uint32_t zeros = 0, zfirst = 0;
+        bool tie = false;
         for (int64_t j = 0; j < n; ++j) {
             const U v = row[j];
             if (v == 0) {
-                q.zfirst = q.zeros++ ? q.zfirst : uint32_t(j);
+                zfirst = zeros++ ? zfirst : uint32_t(j);
                 continue;
             }
-            uint64_t h = (uint64_t(v) * 0x9E3779B97F4A7C15ull) >> kshift;
-            while (t[h] != 0 && t[h] != v) h = (h + 1) & kmask;
-            if (t[h] == v) {
-                q.nonzero_tie = true;
+            uint64_t h = (uint64_t(v) * 0x9E3779B97F4A7C15ull) >> sh;
+            U e;
+            while ((e = t[h]) != 0 && e != v) h = (h + 1) & mk;
+            if (e == v) {
+                tie = true;
                 break;
             }
             t[h] = v;
             u[nu++] = uint32_t(h);
         }
-        for (int64_t i = 0; i < nu; ++i) t[u[i]] = 0;
-        return q;
+        const uint32_t size = uint32_t(mk + 1);  // <= 2^26 slots
+        if (8 * nu < int64_t(size)) {  // empty the slots used, or all of them at memory speed
+            for (int64_t i = 0; i < nu; ++i) t[u[i]] = 0;
+        } else {
+            for (uint32_t i = 0; i < size; ++i) t[i] = 0;
+        }
+        return Quick{tie, zeros, zfirst};
     }
 
     // classes() through quick() where the nonzero patterns are distinct (L: the zeros if repeated).
