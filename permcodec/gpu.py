@@ -24,6 +24,7 @@ import math
 import numpy as np
 import torch
 
+from . import _core
 from . import philox as _px
 from . import values as _v
 from .codecs import packed as _packed
@@ -232,13 +233,11 @@ def divmod_exact(x, R):
 
 def layout(n: int, ties: bool, m=None, k=None):
     """Host side: per-row mode, radix parameter, table index, bit offsets; the schedule tables."""
-    from .codecs import _packed_jit as J
     if not ties:
         K = np.zeros(max(n, 1), np.uint8)
-        bits = int(J._schedule(0, n, 1, K)) if J.available() else _packed.row_bits(_packed.PERM, n, 1)
-        if not J.available():
-            K[:max(n - 1, 0)] = _packed.schedule(_packed.PERM, n, 1)
-        return None, K[None, :], bits
+        s = _core.packed_schedule(_packed.PERM, n, 1)
+        K[:s.size] = s
+        return None, K[None, :], int(s.sum(dtype=np.int64))
     keys_modes = []
     for mm, kk in zip(m.tolist(), k.tolist()):
         keys_modes.append(_packed.row_mode(n, mm, kk) if kk > 1 else (_packed.PERM, mm))

@@ -17,17 +17,20 @@ then ``d = x mod R``, ``x = x div R``, ``U = U div R``. Every row's size is ``su
 a bit of the limit, and ``x`` ends at 0 in every valid stream. Rows follow each other in the bit
 stream without padding; the stream is zero-padded to a whole byte.
 
-``params``: ``{"name": "packed", "ties": bool}``; ``ties`` is false when no row repeats a value,
-and the decoder then skips the search for classes (every class is a single element and L is the
-element at index 0).
+``params``: ``{"name": "packed", "ties": bool}``; ``ties`` is false exactly when no row repeats a
+value (every class is a single element and L is the element at index 0). A payload that says
+``ties=false`` for values with a repeated value in some row is rejected: two readers could
+otherwise read different permutations from it.
 
-This module holds the layout, the encoder and the plain reference decoder; ``_packed_jit`` holds
-the compiled loops, tested equal to :func:`decode_reference`.
+This module holds the layout, the payload checks, the memory bound and the plain reference
+encoder and decoder (the executable spec); the compiled core (csrc/packed.cpp, ``permcodec._core``)
+runs the loops and is tested equal to the references bit for bit.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .. import _core
 from ..dtypes import order_keys
 from ..errors import FormatError, PermcodecError
 
@@ -110,9 +113,14 @@ def classes(keys: np.ndarray):
     return order, start, big, m, k
 
 
-def has_ties(keys: np.ndarray) -> bool:
+def tied_rows(keys: np.ndarray) -> np.ndarray:
+    """True for every row that repeats a key."""
     sk = np.sort(keys, axis=1)
-    return bool((sk[:, 1:] == sk[:, :-1]).any())
+    return (sk[:, 1:] == sk[:, :-1]).any(axis=1)
+
+
+def has_ties(keys: np.ndarray) -> bool:
+    return bool(tied_rows(keys).any())
 
 
 # ---- encoding ------------------------------------------------------------------------------
@@ -121,14 +129,16 @@ def encode(perm: np.ndarray, values: np.ndarray, **options):
     rows, n = perm.shape
     if n > MAX_N:
         raise PermcodecError(f"packed codes rows of at most {MAX_N} weights, not {n}: use codec='uniform'")
-    from . import _packed_jit as J
-    if J.available():
-        ties, payload = J.encode(perm, values.reshape(rows, n))
-    else:
-        keys = order_keys(values.reshape(rows, n))
-        ties = has_ties(keys)
-        payload = encode_reference(perm, keys, ties)
+    try:
+        ties, payload = _core.packed_encode(np.ascontiguousarray(perm, np.int64), _bits(values.reshape(rows, n)))
+    except ValueError as e:
+        raise PermcodecError(f"{e}: pass the canonical permutation from perm.find") from None
     return {"name": NAME, "ties": ties}, payload
+
+
+def _bits(values: np.ndarray) -> np.ndarray:
+    """The values' bit patterns (what the core compares and gathers), C-contiguous."""
+    return np.ascontiguousarray(values).view(np.dtype(f"u{values.dtype.itemsize}"))
 
 
 def _row(n, cl, r):
@@ -189,8 +199,8 @@ def encode_reference(perm: np.ndarray, keys: np.ndarray, ties: bool) -> bytes:
 
 
 # ---- decoding ------------------------------------------------------------------------------
-def check_params(params, values) -> bool:
-    """Validate ``params`` against the tensor; returns ``ties``."""
+def _ties(params) -> bool:
+    """Validate ``params`` (formats/codecs/packed.md §2); returns ``ties``."""
     if not isinstance(params, dict) or params.get("name") != NAME:
         raise FormatError(f"packed params must be a map with name 'packed', got {params!r}")
     extra = set(params) - {"name", "ties"}
@@ -199,8 +209,20 @@ def check_params(params, values) -> bool:
     ties = params.get("ties")
     if not isinstance(ties, bool):
         raise FormatError(f"packed params field 'ties' must be true or false, got {ties!r}")
-    if values.ndim != 2 or values.shape[1] > MAX_N:
-        raise FormatError(f"packed rows hold at most {MAX_N} weights, this tensor's rows have {values.shape[-1]}")
+    return ties
+
+
+def _check_n(n: int) -> None:
+    if n > MAX_N:
+        raise FormatError(f"packed rows hold at most {MAX_N} weights, this tensor's rows have {n}")
+
+
+def check_params(params, values) -> bool:
+    """Validate ``params`` against the tensor (rows x n values); returns ``ties``."""
+    ties = _ties(params)
+    if values.ndim != 2:
+        raise FormatError(f"packed decodes rows x n values, got shape {values.shape}")
+    _check_n(values.shape[1])
     return ties
 
 
@@ -212,29 +234,61 @@ def check_size(payload, total_bits: int) -> None:
         raise FormatError("packed payload's padding bits are not zero: corrupt payload")
 
 
+def _most_bits(rows: int, n: int) -> int:
+    """Bits of ``rows`` rows of distinct values: the largest layout (a repeated value only shrinks it)."""
+    return rows * _core.packed_row_bits(PERM, n, 1) if n >= 2 else 0
+
+
+def check_payload(params: dict, payload, rows: int, n: int) -> None:
+    """Reject bad params or a payload of impossible length before the initial values are generated:
+    exact for ``ties=false`` (every row has one layout), an upper bound otherwise."""
+    ties = _ties(params)
+    _check_n(n)
+    most = _most_bits(rows, n)
+    if not ties:
+        check_size(payload, most)
+    elif len(payload) > (most + 7) // 8:
+        raise FormatError(f"packed payload is {len(payload)} bytes, rows of {rows} x {n} weights take at most "
+                          f"{(most + 7) // 8}: corrupt payload")
+
+
+def working_bytes(params: dict, rows: int, n: int, itemsize: int) -> int:
+    """An upper bound of what :func:`decode_values` allocates, for the loader to check before
+    decoding: the output, 16 bytes per row for the row layouts (``ties`` only), 8 per block of 64
+    rows, the row-size tables (41 bytes per weight of one row), each thread's O(n) scratch, and a
+    fixed 8 MiB for thread stacks and allocator arenas (RSS measured in the tests)."""
+    ties = _ties(params)
+    out = rows * n * itemsize
+    layout = 16 * rows if ties and n >= 2 else 0
+    threads = min(max(rows, 1), _core.num_threads())
+    scratch = threads * _core.packed_scratch_bytes(n, itemsize)
+    return out + layout + 8 * (rows // 64 + 2) + 41 * (n + 1) + scratch + (8 << 20)
+
+
 def decode(params: dict, payload, values: np.ndarray) -> np.ndarray:
     """The canonical permutation (int64, rows x n) stored in ``payload``; FormatError if corrupt."""
-    from . import _packed_jit as J
-    if J.available():
-        return J.decode(params, payload, values)
-    return decode_reference(params, payload, values)
+    ties = check_params(params, values)
+    return _core.packed_decode(_bits(values), payload, ties, False)
 
 
 def decode_values(params: dict, payload, values: np.ndarray) -> np.ndarray:
     """The rearranged values (rows x n, values' dtype) without materializing the permutation:
     what decode and perm.check_apply give together, in one pass (tested equal)."""
-    from . import _packed_jit as J
-    if J.available():
-        return J.decode_values(params, payload, values)
-    from .. import perm
-    return perm.check_apply(values, decode_reference(params, payload, values))
+    ties = check_params(params, values)
+    return _core.packed_decode(_bits(values), payload, ties, True).view(values.dtype)
 
 
 def decode_reference(params: dict, payload, values: np.ndarray) -> np.ndarray:
     """Plain reference decoder: one row at a time, Python integers (formats/codecs/packed.md §4)."""
     ties = check_params(params, values)
     rows, n = values.shape
-    cl = classes(order_keys(values)) if ties else None
+    keys = order_keys(values)
+    tied = tied_rows(keys) if not ties and n else np.zeros(rows, bool)
+    if tied.any():
+        r = int(np.flatnonzero(tied)[0])
+        raise FormatError(f"packed row {r} holds equal values while the payload says ties=false "
+                          f"(a conforming writer sets ties=true): corrupt payload")
+    cl = classes(keys) if ties else None
     layout = [_row(n, cl, r) for r in range(rows)]
     check_size(payload, sum(row_bits(mode, n, p) for mode, p, *_ in layout))
     stream = np.unpackbits(np.frombuffer(payload, np.uint8), bitorder="big")
