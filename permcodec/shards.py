@@ -438,7 +438,7 @@ class ShardedFile:
 
     @property
     def file_bytes(self) -> int:
-        return sum(os.path.getsize(os.path.join(self.folder, s)) for s in self.shards) + os.path.getsize(self.path)
+        return sum(len(self.shard(s).container.buf) for s in self.shards) + os.path.getsize(self.path)
 
     def keys(self):
         return list(self.weight_map)
