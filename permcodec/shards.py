@@ -194,7 +194,9 @@ class _Shard:
     """One shard being written to a temporary file."""
 
     def __init__(self, folder: str, number: int):
+        from .api import _umask
         fd, self.tmp = temp_file(folder)
+        os.chmod(self.tmp, 0o666 & ~_umask())  # as a single-file save: the usual mode, not mkstemp's 0600
         self.f = os.fdopen(fd, "wb")
         self.w = fmt.Writer(self.f)
         self.number = number

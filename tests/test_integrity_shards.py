@@ -253,3 +253,12 @@ def test_layout_cleanup_removes_only_files_named_as_shards(tmp_path):
     permcodec.save(state_of(1), tmp_path / "model.perm")
     assert (tmp_path / "notes.perm").read_bytes() == b"keep me"
     assert perm_files(tmp_path) == ["model.perm", "notes.perm"]
+
+
+def test_shards_get_the_usual_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        permcodec.save(state_of(1), tmp_path / "model.perm", max_shard_size=2000)
+    finally:
+        os.umask(old)
+    assert {oct(os.stat(tmp_path / f).st_mode & 0o777) for f in perm_files(tmp_path)} == {"0o644"}
