@@ -281,11 +281,11 @@ static void run_tiles(int64_t t0, int64_t t1, const Job& job) {
                 for (int e = 0; e < kTile; ++e) f[e] = float(x[e]);
                 uint32_t* b = w;  // the words are spent: reuse them for the binary32 bits
                 std::memcpy(b, f, sizeof f);
-                uint16_t* d = static_cast<uint16_t*>(job.dst) + o - lo;
+                uint16_t* d = static_cast<uint16_t*>(job.dst) + o;
                 if (job.out == Out::bf16) {
-                    for (int e = lo; e < hi; ++e) d[e] = uint16_t((b[e] + 0x7FFFu + ((b[e] >> 16) & 1u)) >> 16);
+                    for (int e = lo; e < hi; ++e) d[e - lo] = uint16_t((b[e] + 0x7FFFu + ((b[e] >> 16) & 1u)) >> 16);
                 } else {
-                    for (int e = lo; e < hi; ++e) d[e] = f16_bits(b[e]);
+                    for (int e = lo; e < hi; ++e) d[e - lo] = f16_bits(b[e]);
                 }
                 break;
             }
