@@ -118,10 +118,23 @@ static inline void philox_blocks(uint64_t first, int nblocks, uint32_t s0, uint3
 
 // u[e] = (2k + 1 - 2^53) * 2^-53 of element e's value words w[2e], w[2e+1] (exact).
 static inline void unit_values(const uint32_t* w, double* u) {
+#ifdef PC_AVX2
+    const __m256i shift = _mm256_setr_epi32(5, 6, 5, 6, 5, 6, 5, 6);
+    const __m256i split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // a0..a3 | b0..b3
+    for (int e = 0; e < kTile; e += 4) {
+        const __m256i ab = _mm256_permutevar8x32_epi32(
+            _mm256_srlv_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 2 * e)), shift), split);
+        const __m256d hi = _mm256_cvtepi32_pd(_mm256_castsi256_si128(ab));
+        const __m256d lo = _mm256_cvtepi32_pd(_mm256_extracti128_si256(ab, 1));
+        const __m256d k = _mm256_add_pd(_mm256_mul_pd(hi, _mm256_set1_pd(kTwo26)), lo);
+        _mm256_store_pd(u + e, _mm256_add_pd(_mm256_mul_pd(k, _mm256_set1_pd(kTwoM52)), _mm256_set1_pd(kUOff)));
+    }
+#else
     for (int e = 0; e < kTile; ++e) {
         const double hi = double(int32_t(w[2 * e] >> 5)), lo = double(int32_t(w[2 * e + 1] >> 6));
         u[e] = (hi * kTwo26 + lo) * kTwoM52 + kUOff;
     }
+#endif
 }
 
 // values.ppnd16 of p = (1 - |u|) * 0.5 for each element, then scale * (u > 0 ? -z : z).
@@ -268,11 +281,11 @@ static void run_tiles(int64_t t0, int64_t t1, const Job& job) {
                 for (int e = 0; e < kTile; ++e) f[e] = float(x[e]);
                 uint32_t* b = w;  // the words are spent: reuse them for the binary32 bits
                 std::memcpy(b, f, sizeof f);
-                uint16_t* d = static_cast<uint16_t*>(job.dst) + o - lo;
+                uint16_t* d = static_cast<uint16_t*>(job.dst) + o;
                 if (job.out == Out::bf16) {
-                    for (int e = lo; e < hi; ++e) d[e] = uint16_t((b[e] + 0x7FFFu + ((b[e] >> 16) & 1u)) >> 16);
+                    for (int e = lo; e < hi; ++e) d[e - lo] = uint16_t((b[e] + 0x7FFFu + ((b[e] >> 16) & 1u)) >> 16);
                 } else {
-                    for (int e = lo; e < hi; ++e) d[e] = f16_bits(b[e]);
+                    for (int e = lo; e < hi; ++e) d[e - lo] = f16_bits(b[e]);
                 }
                 break;
             }
