@@ -20,6 +20,7 @@ using rans::M;
 constexpr int SIDE = 56;            // magnitude buckets per sign: enough for offsets below 2^28
 constexpr int NB = 2 * SIDE;        // bucket ids per context
 constexpr int PB = NB + 1;          // prefix entries per context
+constexpr int PS = (PB + 3) & ~3;   // a context's stride in the tables (a whole number of SIMD lanes)
 constexpr int NCTX = 6;             // contexts (tables)
 constexpr int32_t INC = 24;         // count added to the coded bucket
 constexpr int32_t LIMIT = 1 << 16;  // a table's counts are halved (rounding up) above this sum
@@ -134,7 +135,8 @@ struct Window {
 // nearest the centre); halve the context's counts (rounding up) when their sum exceeds LIMIT.
 inline void credit(int32_t* Q, int64_t a, int64_t e, int64_t c) {
     int64_t d = (a <= c && c < e) ? 0 : (a > c ? a - c : e - 1 - c);
-    for (int y = layout(d) + 1; y < PB; ++y) Q[y] += INC;
+    const int32_t x = layout(d);
+    for (int32_t y = 0; y < PS; ++y) Q[y] += (y > x && y < PB) ? INC : 0;  // fixed count: vectorized
     if (Q[NB] > LIMIT) {
         int32_t prev = 0, acc = 0;
         for (int y = 1; y < PB; ++y) {
@@ -148,7 +150,7 @@ inline void credit(int32_t* Q, int64_t a, int64_t e, int64_t c) {
 
 inline void tables_init(int32_t* P) {
     for (int k = 0; k < NCTX; ++k)
-        for (int y = 0; y < PB; ++y) P[k * PB + y] = y;
+        for (int y = 0; y < PS; ++y) P[k * PS + y] = std::min(y, PB - 1);
 }
 
 // ---- keys and the classes of a row (model.md §4) --------------------------------------------
@@ -318,7 +320,7 @@ template <class T>
 bool encode_segment(const T* keys, bool raw, const int64_t* perm, int64_t n, const Side& sd, int64_t lo, int64_t hi,
                     int lanes, std::vector<uint32_t>& seg_out) {
     RowScratch S(n);
-    std::vector<int32_t> tables(NCTX * PB);
+    std::vector<int32_t> tables(NCTX * PS);
     tables_init(tables.data());
     const int64_t K = (hi - lo) * n;
     std::vector<uint32_t> cum(static_cast<size_t>(K)), freq(static_cast<size_t>(K));
@@ -340,7 +342,7 @@ bool encode_segment(const T* keys, bool raw, const int64_t* perm, int64_t n, con
             require(S.rem[size_t(cf)] > 0, "a row of perm is not a permutation");
             int64_t a = rans::fen_prefix(S.fen.data(), cf), e = a + S.rem[size_t(cf)];
             if (a < cx.vlo) return false;  // the frozen set does not hold in this row
-            int32_t* Q = tables.data() + cx.k * PB;
+            int32_t* Q = tables.data() + cx.k * PS;
             Window win(Q, cx.c, cx.vlo, r);
             int64_t da = a - cx.c;
             Window::Slots sl = win.slots(layout(da));
@@ -415,7 +417,7 @@ template <class T, class O>
 int decode_segment(const T* keys, int64_t n, const Side& sd, int64_t lo, int64_t hi, int lanes,
                    const uint32_t* words, int64_t wlo, int64_t whi, O* out, bool gather) {
     RowScratch S(n);
-    std::vector<int32_t> tables(NCTX * PB);
+    std::vector<int32_t> tables(NCTX * PS);
     tables_init(tables.data());
     rans::Decoder dec;
     if (!dec.open(words, wlo, whi, lanes)) return 1;
@@ -428,7 +430,7 @@ int decode_segment(const T* keys, int64_t n, const Side& sd, int64_t lo, int64_t
             int64_t r = n - t, i = S.order[size_t(t)];
             Ctx cx = context(S, t, i, r, frozen, sd.lags.data(), int(sd.lags.size()), lastcls);
             if (cx.vlo >= r) return 4;
-            int32_t* Q = tables.data() + cx.k * PB;
+            int32_t* Q = tables.data() + cx.k * PS;
             Window win(Q, cx.c, cx.vlo, r);
             int64_t s = dec.slot();
             Window::Slots sl = win.slots(win.find(s));
@@ -676,7 +678,7 @@ py::tuple row_classes(const py::array& keys_a, bool raw) {
 void init_model(py::module_& m) {
     m.attr("model_max_n") = MAX_N;
     m.attr("model_row_scratch_bytes") = ROW_SCRATCH_BYTES;
-    m.attr("model_segment_scratch_bytes") = int64_t(NCTX * PB * 4 + 256 * 8 + 1024);
+    m.attr("model_segment_scratch_bytes") = int64_t(NCTX * PS * 4 + 256 * 8 + 1024);
     m.def("model_encode", &encode, py::arg("keys"), py::arg("raw"), py::arg("perm"), py::arg("frozen"), py::arg("lags"),
           py::arg("segment_rows"), py::arg("lanes"),
           "model payload of perm (rows, n) against keys (order keys, or raw value bits), or None if a "
