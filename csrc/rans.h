@@ -169,12 +169,12 @@ template <class T>
 inline int64_t fen_find(const T* fen, int64_t K, int64_t top, int64_t q, int64_t& acc) {
     int64_t pos = 0;
     acc = 0;
-    for (int64_t step = top; step; step >>= 1) {
-        int64_t nxt = pos + step;
-        if (nxt <= K && acc + int64_t(fen[nxt]) <= q) {
-            pos = nxt;
-            acc += fen[nxt];
-        }
+    for (int64_t step = top; step; step >>= 1) {  // branch-free: the descent is data-dependent
+        const int64_t nxt = pos + step;
+        const int64_t v = int64_t(fen[nxt <= K ? nxt : K]);
+        const bool take = (nxt <= K) & (acc + v <= q);
+        pos = take ? nxt : pos;
+        acc = take ? acc + v : acc;
     }
     return pos;
 }

@@ -1,7 +1,9 @@
 """The rANS coder shared by ``uniform`` and ``model`` (formats/codecs/uniform.md §3 is normative).
 
-State: an integer x in [2**31, 2**63); probabilities are integer frequencies out of M = 2**31;
-the stream is little-endian 32-bit words. Symbol k of a segment is coded by lane k % lanes.
+State: an integer x in [2**31, 2**63); probabilities are integer frequencies out of M = 2**28;
+the stream is little-endian 32-bit words. Symbol k of a segment is coded by lane k % lanes, every
+symbol counted (one with freq = M too, though it leaves its lane's state unchanged), and all lanes
+read the stream through one shared word pointer.
 
 Coding a symbol (cum, freq) with 0 <= cum < cum + freq <= M:
 
@@ -13,8 +15,9 @@ Coding a symbol (cum, freq) with 0 <= cum < cum + freq <= M:
 
 Every lane starts (encoder) and ends (decoder) in the state 2**31; a segment is the lanes' final
 states (2 words each, low word first) followed by the emitted words in reverse order of emission.
-The model codecs are fused with the decode step in their own loops; this module holds the
-encoder, the segment framing, and a plain Python reader used by the reference decoders.
+The compiled coder is csrc/rans.h (shared by the codecs in csrc/); this module holds the segment
+framing and layout checks, and the plain Python Reader of the reference decoders. read_states,
+advance and encode_symbols are the numba leftovers model.py uses until its port lands.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ except ImportError:  # pragma: no cover
 PREC = 28
 M = 1 << PREC
 LOW = 1 << 31
-MAX_N = 1 << 30          # longest row the codecs accept (keeps every product below 2**63)
+MAX_N = M                # longest row: past M items a range can get frequency 0 (uniform.md §1)
 MAX_LANES = 64
 
 

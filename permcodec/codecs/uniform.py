@@ -5,17 +5,18 @@ Each row is coded as a multiset permutation: at output position i (r = n - i ite
 by swap-removal, followed by each tie class (values that occur more than once, ordered by first
 occurrence) as one range of its remaining count. The value at position i is one item or one
 class range [a, e), coded with the exact integer frequency floor(e*M/r) - floor(a*M/r) out of
-M = 2**31 by the rANS coder in _rans.py. All rows of the tensor share one stream per segment.
-formats/codecs/uniform.md specifies it bit for bit; ``decode_reference`` is that text in Python.
+M = 2**28 by the rANS coder (csrc/rans.h). All rows of the tensor share one stream per segment.
+formats/codecs/uniform.md specifies it bit for bit; ``decode_reference`` is that text in Python
+and the compiled coder (csrc/rans.cpp, permcodec._core) is tested equal to it.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import FormatError
+from .. import _core
+from ..errors import FormatError, PermcodecError
 from . import _rans
-from .._perm_jit import index_source, put_row as _put, read_only
-from ._rans import LOW, M, PREC, njit, prange
+from ._rans import PREC, njit
 
 NAME = "uniform"
 AUTO = True
@@ -86,87 +87,7 @@ def decode_reference(params: dict, payload, values: np.ndarray) -> np.ndarray:
     return perm
 
 
-# ---- compiled (fast) -----------------------------------------------------------------------
-@njit
-def _distinct(key_row, n, table, stamp, hbits):
-    """True iff the row's n keys are pairwise distinct (open addressing; a slot is live when its
-    stamp is the current one, so the table is never cleared)."""
-    shift = np.uint64(64 - hbits)
-    mask = (1 << hbits) - 1
-    st = np.uint64(stamp)
-    for i in range(n):
-        k = np.uint64(key_row[i])
-        h = np.int64((k * np.uint64(0x9E3779B97F4A7C15)) >> shift)
-        while True:
-            if table[h, 0] != st:
-                table[h, 0] = st
-                table[h, 1] = k
-                break
-            if table[h, 1] == k:
-                return False
-            h = (h + 1) & mask
-    return True
-
-
-@njit
-def _setup(key_row, n, table, stamp, hbits, cls, count, tie_of, start, srcs, pool):
-    """Classes of one row: fills pool (singletons), srcs/start (tie classes, CSR), cls (class id
-    per source, first-occurrence order), tie_of (tie index per class id or -1); returns (S, K)."""
-    if _distinct(key_row, n, table, 2 * stamp, hbits):
-        for i in range(n):
-            pool[i] = i
-        return n, 0
-    shift = np.uint64(64 - hbits)
-    mask = (1 << hbits) - 1
-    st = np.uint64(2 * stamp + 1)
-    nid = 0
-    for i in range(n):
-        k = np.uint64(key_row[i])
-        h = np.int64((k * np.uint64(0x9E3779B97F4A7C15)) >> shift)
-        while True:
-            if table[h, 0] != st:
-                table[h, 0] = st
-                table[h, 1] = k
-                table[h, 2] = nid
-                count[nid] = 1
-                cls[i] = nid
-                nid += 1
-                break
-            if table[h, 1] == k:
-                c = np.int64(table[h, 2])
-                count[c] += 1
-                cls[i] = c
-                break
-            h = (h + 1) & mask
-    K = 0
-    for c in range(nid):
-        if count[c] > 1:
-            tie_of[c] = K
-            start[K] = count[c]
-            K += 1
-        else:
-            tie_of[c] = -1
-    acc = 0
-    for t in range(K):   # counts -> offsets
-        c = start[t]
-        start[t] = acc
-        acc += c
-    start[K] = acc
-    for c in range(nid):  # count becomes each tie class's fill cursor
-        if tie_of[c] >= 0:
-            count[c] = start[tie_of[c]]
-    S = 0
-    for i in range(n):
-        c = cls[i]
-        if tie_of[c] < 0:
-            pool[S] = i
-            S += 1
-        else:
-            srcs[count[c]] = i
-            count[c] += 1
-    return S, K
-
-
+# ---- numba leftovers for model.py (its port to csrc/model.cpp replaces them; see csrc/rans.h) ----
 @njit(inline="always")
 def _fen_build(fen, rem, K):
     for t in range(K):
@@ -209,155 +130,6 @@ def _fen_find(fen, K, top, q):
     return pos, acc
 
 
-@njit(inline="always")
-def _scaled(a, r, rinv):
-    """floor(a * M / r), by a float estimate that is off by at most one and then corrected."""
-    num = a << PREC
-    q = np.int64(np.float64(num) * rinv)
-    d = num - q * r
-    if d < 0:
-        q -= 1
-    elif d >= r:
-        q += 1
-    return q
-
-
-@njit
-def _scratch(n):
-    hbits = 1
-    while (1 << hbits) < 2 * n:
-        hbits += 1
-    table = np.zeros((1 << hbits, 4), np.uint64)
-    return (hbits, table, np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n + 1, np.int64),
-            np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64), np.zeros(n + 1, np.int64))
-
-
-@njit
-def _encode_segment(keys, perm, lo, hi, cum, freq):
-    n = keys.shape[1]
-    hbits, table, cls, count, tie_of, start, srcs, pool, where, fen = _scratch(n)
-    rem = np.empty(n, np.int64)
-    rinv = 1.0 / np.arange(n + 1, dtype=np.float64)
-    k = 0
-    for row in range(lo, hi):
-        S, K = _setup(keys[row], n, table, row + 1, hbits, cls, count, tie_of, start, srcs, pool)
-        for t in range(K):
-            rem[t] = start[t + 1] - start[t]
-        if K:
-            _fen_build(fen, rem, K)
-        for q in range(S):
-            where[pool[q]] = q
-        for i in range(n):
-            r = n - i
-            src = perm[row, i]
-            t = -1 if K == 0 else tie_of[cls[src]]
-            if t < 0:
-                a = where[src]
-                e = a + 1
-                last = pool[S - 1]
-                pool[a] = last
-                where[last] = a
-                S -= 1
-            else:
-                a = S + _fen_prefix(fen, t)
-                e = a + rem[t]
-                rem[t] -= 1
-                _fen_add(fen, K, t, -1)
-            c0 = _scaled(a, r, rinv[r])
-            cum[k] = c0
-            freq[k] = _scaled(e, r, rinv[r]) - c0
-            k += 1
-
-
-@njit(parallel=True)
-def _encode_all(keys, perm, seg, lanes, nseg, out, sizes):
-    rows, n = keys.shape
-    for g in prange(nseg):
-        lo = g * seg
-        hi = min(rows, lo + seg)
-        cnt = (hi - lo) * n
-        cum = np.empty(cnt, np.int64)
-        freq = np.empty(cnt, np.int64)
-        _encode_segment(keys, perm, lo, hi, cum, freq)
-        sizes[g] = _rans.encode_symbols(cum, freq, lanes, out[g])
-
-
-@njit
-def _decode_segment(keys, lo, hi, lanes, words, wlo, whi, src, out):
-    """Decode rows [lo, hi) from words[wlo:whi] into out[r, j] = src[r, perm[j]] (src: the
-    values' bit patterns, or the identity for the permutation itself); returns 0, or an error
-    code (1 bad state, 2 stream ends early, 3 stream does not end in the initial state, 4 a row
-    is not a permutation)."""
-    n = keys.shape[1]
-    hbits, table, cls, count, tie_of, start, srcs, pool, used, fen = _scratch(n)
-    rem = np.empty(n, np.int64)
-    orow = np.empty(n, np.int64)
-    stamp = np.full(n, -1, np.int64)
-    rinv = 1.0 / np.arange(n + 1, dtype=np.float64)
-    x = np.empty(lanes, np.int64)
-    if not _rans.read_states(words, wlo, lanes, x):
-        return 1
-    p = wlo + 2 * lanes
-    mmask = np.int64(M - 1)
-    lane = 0
-    for row in range(lo, hi):
-        S, K = _setup(keys[row], n, table, row + 1, hbits, cls, count, tie_of, start, srcs, pool)
-        top = 0
-        if K:
-            for t in range(K):
-                rem[t] = start[t + 1] - start[t]
-                used[t] = start[t]
-            _fen_build(fen, rem, K)
-            top = 1
-            while top * 2 <= K:
-                top *= 2
-        for i in range(n):
-            r = n - i
-            xs = x[lane]
-            s = xs & mmask
-            j = ((s + 1) * r - 1) >> PREC
-            if j < S:
-                a = j
-                e = j + 1
-                orow[i] = pool[j]
-                S -= 1
-                pool[j] = pool[S]
-            else:
-                t, pre = _fen_find(fen, K, top, j - S)
-                a = S + pre
-                e = a + rem[t]
-                orow[i] = srcs[used[t]]
-                used[t] += 1
-                rem[t] -= 1
-                _fen_add(fen, K, t, -1)
-            ri = rinv[r]
-            c0 = _scaled(a, r, ri)
-            f = _scaled(e, r, ri) - c0
-            xs, p, ok = _rans.advance(xs, f, s, c0, words, p, whi)
-            if not ok:
-                return 2
-            x[lane] = xs
-            lane += 1
-            if lane == lanes:
-                lane = 0
-        if not _put(orow, src, row, out, stamp):
-            return 4
-    if p != whi:
-        return 3
-    for l in range(lanes):
-        if x[l] != LOW:
-            return 3
-    return 0
-
-
-@njit(parallel=True)
-def _decode_all(keys, seg, lanes, words, bounds, src, out, err):
-    rows = keys.shape[0]
-    for g in prange(bounds.shape[0] - 1):
-        lo = g * seg
-        err[g] = _decode_segment(keys, lo, min(rows, lo + seg), lanes, words, bounds[g], bounds[g + 1], src, out)
-
-
 ERRORS = {1: "a lane's initial state is outside [2**31, 2**63)", 2: "the stream ends early",
           3: "the stream does not end in the initial state", 4: "a row is not a permutation"}
 
@@ -367,51 +139,52 @@ def encode(perm: np.ndarray, values: np.ndarray, lanes=None, segment_rows=None, 
     rows, n = perm.shape
     lanes, seg = _rans.layout(rows, n, _rans.row_bits(values), lanes, segment_rows)
     params = {"name": NAME, "lanes": lanes, "segment_rows": seg}
-    nseg = _nseg(rows, n, seg)
-    if nseg == 0:
-        return params, b""
-    keys = keys_of(values)
-    out = np.empty((nseg, seg * n + 2 * lanes), np.uint32)
-    sizes = np.empty(nseg, np.int64)
-    _encode_all(keys, np.ascontiguousarray(perm, np.int64), seg, lanes, nseg, out, sizes)
-    return params, _rans.frame([out[g, : sizes[g]] for g in range(nseg)])
+    try:
+        payload = _core.uniform_encode(keys_of(values), np.ascontiguousarray(perm, np.int64), lanes, seg)
+    except ValueError as e:
+        raise PermcodecError(f"uniform.encode: {e}") from None
+    return params, payload
 
 
 def check_payload(params: dict, payload, rows: int, n: int) -> None:
-    """Reject bad params or framing before the initial values are generated."""
+    """Reject bad params or framing before the initial values are generated: besides the layout
+    (uniform.md §1-2), a segment holds at most one stream word per symbol (the encoder emits at
+    most one per symbol, the decoder reads at most one), so a longer one cannot decode."""
     lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
-    _rans.unframe(payload, _nseg(rows, n, seg), lanes)
+    nseg = _nseg(rows, n, seg)
+    _, bounds = _rans.unframe(payload, nseg, lanes)
+    if nseg:
+        symbols = np.minimum(seg, rows - seg * np.arange(nseg, dtype=np.int64)) * n
+        over = np.flatnonzero(np.diff(bounds) > 2 * lanes + symbols)
+        if over.size:
+            raise FormatError(f"uniform payload segment {int(over[0])} has more stream words than symbols: corrupt")
+
+
+def working_bytes(params: dict, rows: int, n: int, itemsize: int) -> int:
+    """An upper bound of what decode_values allocates for a (rows, n) tensor of ``itemsize``-byte
+    values: its output plus one row's scratch per decoding thread and the segment table (the
+    payload is read in place)."""
+    lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
+    return rows * n * itemsize + _core.uniform_scratch(rows, n, itemsize, seg)
 
 
 def decode(params: dict, payload, values: np.ndarray) -> np.ndarray:
     """The permutation (int64 rows x n)."""
-    src = index_source(_bits(values))
-    out = np.empty_like(src)
-    _decode(params, payload, values, src, out)
-    return out.astype(np.int64)
+    out = np.empty(values.shape, np.int64)
+    _decode(params, payload, values, out, True)
+    return out
 
 
 def decode_values(params: dict, payload, values: np.ndarray) -> np.ndarray:
-    """The rearranged values themselves (decode, then perm.check_apply, in one pass)."""
-    src = _bits(values)
-    out = np.empty(src.shape, src.dtype)
-    _decode(params, payload, values, src, out)
+    """The rearranged values themselves (decode, then perm.check_apply, in one pass: every row the
+    decoder builds is a permutation by construction)."""
+    keys = keys_of(values)
+    out = np.empty(keys.shape, keys.dtype)
+    _decode(params, payload, values, out, False)
     return out.view(values.dtype)
 
 
-def _bits(values):
-    return read_only(np.ascontiguousarray(values).view(np.dtype(f"u{values.dtype.itemsize}")))
-
-
-def _decode(params, payload, values, src, out) -> None:
+def _decode(params, payload, values, out, perm: bool) -> None:
     rows, n = values.shape
     lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
-    nseg = _nseg(rows, n, seg)
-    words, bounds = _rans.unframe(payload, nseg, lanes)
-    if nseg:
-        err = np.zeros(nseg, np.int64)
-        _decode_all(keys_of(values), seg, lanes, words, bounds, src, out, err)
-        bad = np.flatnonzero(err)
-        if bad.size:
-            g = int(bad[0])
-            raise FormatError(f"uniform payload segment {g} is corrupt: {ERRORS[int(err[g])]}")
+    _core.uniform_decode(keys_of(values), payload, lanes, seg, out, perm)
