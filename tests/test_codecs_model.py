@@ -205,11 +205,11 @@ def test_rows_longer_than_2_28_are_refused():
     params = {"name": "model", "lanes": 1, "segment_rows": 1, "frozen": b"", "lags": []}
     for call in (lambda: model.check_params(params, 1, n), lambda: model.check_payload(params, b"", 1, n),
                  lambda: model.working_bytes(params, 1, n, 4)):
-        with pytest.raises(FormatError, match="2\\*\\*28"):
+        with pytest.raises(FormatError, match=f"at most {1 << 28}"):
             call()
     huge = np.broadcast_to(np.zeros(1, np.float32), (1, n))      # no memory behind it
     for dec in (model.decode, model.decode_values):
-        with pytest.raises(FormatError, match="2\\*\\*28"):
+        with pytest.raises(FormatError, match=f"at most {1 << 28}"):
             dec(params, b"", huge)
     with pytest.raises(PermcodecError, match="2\\*\\*28"):
         model.encode(np.broadcast_to(np.zeros(1, np.int64), (1, n)), huge)
@@ -225,6 +225,11 @@ def test_payload_longer_than_any_encoding_is_refused():
     assert len(payload) <= longest
     with pytest.raises(FormatError, match="longer than any encoding"):
         model.check_payload(params, payload + bytes(longest), 3, 40)
+    params, payload = model.encode(shuffled(rng, v), v, segment_rows=1)
+    padded = payload + bytes(4 * 41)                    # the last segment: 41 words more than symbols
+    assert len(padded) <= 4 * model.max_words(3, 40, params["lanes"], 1)
+    with pytest.raises(FormatError, match="segment 2 has more stream words than symbols"):
+        model.check_payload(params, padded, 3, 40)
 
 
 def test_encode_rejects_a_perm_that_is_not_a_permutation():

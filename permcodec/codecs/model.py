@@ -40,7 +40,7 @@ NCTX = 6             # contexts (tables)
 INC = 24             # count added to the coded bucket
 LIMIT = 1 << 16      # a table's counts are halved (rounding up) when their sum exceeds this
 MAX_LAGS = 4
-MAX_N = _core.model_max_n   # 2**28: every item needs a slot of M = 2**28
+MAX_N = _rans.MAX_N         # 2**28: every item needs a slot of M = 2**28 (csrc/model.cpp checks it too)
 
 
 def keys_of(values: np.ndarray) -> np.ndarray:
@@ -58,10 +58,7 @@ def _bits(values: np.ndarray) -> np.ndarray:
 # ---- parameters and framing ----------------------------------------------------------------
 def check_params(params: dict, rows: int, n: int):
     """(lanes, segment_rows, frozen as uint8[n] 0/1, lags as int64[]) after validating params."""
-    lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
-    if n > MAX_N:
-        raise FormatError(f"model codec rows are at most 2**28 = {MAX_N} long (every item needs a coding slot), "
-                          f"this tensor's are {n}")
+    lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)     # also n <= MAX_N
     fz, lags = params["frozen"], params["lags"]
     if not isinstance(fz, (bytes, bytearray)) or len(fz) not in (0, (n + 7) // 8):
         raise FormatError(f"model codec param frozen must be empty or {(n + 7) // 8} bytes, got {type(fz).__name__} "
@@ -85,11 +82,20 @@ def max_words(rows: int, n: int, lanes: int, seg: int) -> int:
 
 
 def unframe(payload, rows: int, n: int, lanes: int, seg: int):
-    """(words, segment bounds) of a payload, after the length check above and _rans.unframe's."""
+    """(words, segment bounds) of a payload, after _rans.unframe's checks and the length checks
+    above: in total (before the words are copied) and per segment (its lanes' states and at most
+    one stream word per symbol)."""
     if len(payload) > 4 * max_words(rows, n, lanes, seg):
         raise FormatError(f"model payload is {len(payload)} bytes, longer than any encoding of a "
                           f"{rows}x{n} tensor ({4 * max_words(rows, n, lanes, seg)} bytes at most)")
-    return _rans.unframe(payload, _nseg(rows, n, seg), lanes)
+    nseg = _nseg(rows, n, seg)
+    words, bounds = _rans.unframe(payload, nseg, lanes)
+    if nseg:
+        symbols = np.minimum(seg, rows - seg * np.arange(nseg, dtype=np.int64)) * n
+        over = np.flatnonzero(np.diff(bounds) > 2 * lanes + symbols)
+        if over.size:
+            raise FormatError(f"model payload segment {int(over[0])} has more stream words than symbols: corrupt")
+    return words, bounds
 
 
 def check_payload(params: dict, payload, rows: int, n: int) -> None:
