@@ -28,19 +28,23 @@ def find(v: np.ndarray, w: np.ndarray, name: str = "tensor", backend: str = "aut
     """The canonical ``perm`` (int64, rows x n) with ``w == take_along_axis(v, perm, 1)``.
 
     Raises NotAPermutationError naming the first row whose values differ, and how many.
-    ``backend``: "auto" (compiled where numba runs), "jit" or "reference"; never changes the result.
+    ``backend``: "auto" (the compiled core) or "reference" (numpy); never changes the result.
     """
-    from . import _perm_jit
-    if backend not in ("auto", "jit", "reference"):
-        raise ValueError(f"backend must be 'auto', 'jit' or 'reference', not {backend!r}")
-    if backend == "reference" or not _perm_jit.available() or v.shape != w.shape or v.dtype != w.dtype:
+    if backend not in ("auto", "reference"):
+        raise ValueError(f"backend must be 'auto' or 'reference', not {backend!r}")
+    if backend == "reference" or v.shape != w.shape or v.dtype != w.dtype or v.ndim != 2:
         return find_reference(v, w, name)
-    kind = np.dtype(f"<u{v.dtype.itemsize}")
-    perm, ok = _perm_jit.find(np.ascontiguousarray(v).view(kind), np.ascontiguousarray(w).view(kind))
+    from ._native import core
+    perm, ok = core().find(_bits(v), _bits(w))
     if not ok.all():
         find_reference(v, w, name)  # raises the reference's message
         raise AssertionError("compiled perm.find and the reference disagree")  # pragma: no cover
     return perm
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """The values' bit patterns as unsigned integers of their width, C-contiguous (a view if possible)."""
+    return np.ascontiguousarray(a).view(np.dtype(f"<u{a.dtype.itemsize}"))
 
 
 def find_reference(v: np.ndarray, w: np.ndarray, name: str = "tensor") -> np.ndarray:
@@ -86,18 +90,32 @@ def check(perm: np.ndarray, what: str = "permutation") -> np.ndarray:
 
 
 def check_apply(v: np.ndarray, perm: np.ndarray, what: str = "permutation") -> np.ndarray:
-    """:func:`check` then :func:`apply`, in one compiled parallel pass where numba is present."""
-    from . import _perm_jit
-    if _perm_jit.available() and perm.size:
-        out = _perm_jit.check_apply(v, perm)
-        if out is not None:
-            return out
-    return apply(v, check(perm, what))
+    """:func:`check` then :func:`apply`, in one compiled row-parallel pass (same result and error)."""
+    from ._native import core
+    if v.ndim != 2 or perm.ndim != 2 or v.shape != perm.shape or not perm.size:
+        return apply(v, check(perm, what))
+    out = core().check_apply(_bits(v), np.ascontiguousarray(perm, dtype=np.int64))
+    if out is None:
+        check(perm, what)  # raises the reference's message
+        raise AssertionError("compiled perm.check_apply and the reference disagree")  # pragma: no cover
+    return out.view(v.dtype)
 
 
 def apply(v: np.ndarray, perm: np.ndarray) -> np.ndarray:
     """``w = v[perm]`` row by row."""
     return np.take_along_axis(v, perm, 1)
+
+
+def tied_rows(v: np.ndarray) -> np.ndarray:
+    """Per row of ``v`` (rows x n): True where some bit pattern occurs more than once (compiled)."""
+    from ._native import core
+    return core().tied_rows(_bits(v))
+
+
+def tied_rows_reference(v: np.ndarray) -> np.ndarray:
+    """:func:`tied_rows` by sorting (numpy only)."""
+    k = np.sort(_bits(v), axis=1)
+    return (k[:, 1:] == k[:, :-1]).any(axis=1)
 
 
 def info_bits(v: np.ndarray) -> float:

@@ -3,7 +3,7 @@
 Philox (Salmon et al., SC'11, the Random123 library) maps a 128-bit counter and a 64-bit key to
 128 random bits using only 32x32->64-bit integer multiplies, xors and additions, so every machine
 and every device computes the same words. ``philox4x32`` is the plain numpy reference;
-``permcodec._jit`` holds the compiled fast path, tested equal to it.
+the compiled core (csrc/values.cpp, ``permcodec._core``) holds the fast path, tested equal to it.
 
 Known-answer vectors (Random123 ``tests/kat_vectors``) are in ``KAT`` and checked by the tests.
 """

@@ -3,8 +3,8 @@
 This is the reference implementation of formats/SPEC.md §4. Only integer arithmetic and
 correctly rounded IEEE-754 binary64 operations (+, -, *, /, sqrt) appear on the value path, each
 in the order written here; the logarithm needed by the normal tails is our own fixed polynomial,
-never libm's. The compiled path in ``_jit`` repeats the same operations in the same order and is
-tested equal to this one.
+never libm's. The compiled path (``permcodec._core``, csrc/values.cpp) repeats the same
+operations in the same order and is tested equal to this one.
 
 Element ``j`` (flat C-order index into the tensor) takes two words ``(a, b)`` of the rule's value
 domain: words 0, 1 of block ``j >> 1`` for even ``j``, words 2, 3 for odd ``j``; and, when the rule
@@ -101,7 +101,7 @@ def from_words(a: np.ndarray, b: np.ndarray, m, dist: str, scale: float, prune: 
     elif dist == "constant":
         x = np.full(len(a), float(scale))
     else:
-        raise RuleError(f"unknown distribution {dist!r}: expected 'uniform', 'normal' or 'constant'")
+        check_dist(dist)
     if prune:
         x = np.where(m.astype(np.uint64) < np.uint64(prune), 0.0, x)
     return x
@@ -124,7 +124,7 @@ def cast(x: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
         b = f32.view(np.uint32)
         return ((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
-    raise RuleError(f"initial values cannot be made in dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    check_dtype(dtype)
 
 
 def generate_reference(rule, count: int, dtype: str, start: int = 0) -> np.ndarray:
@@ -134,11 +134,24 @@ def generate_reference(rule, count: int, dtype: str, start: int = 0) -> np.ndarr
     return cast(from_words(a, b, m, rule.dist, rule.scale, rule.prune), dtype)
 
 
-def generate(rule, count: int, dtype: str, start: int = 0) -> np.ndarray:
-    """Same bits as :func:`generate_reference`, from the compiled path when numba is present."""
-    from . import _jit
-    if _jit.available():
-        if dtype not in DTYPES:
-            raise RuleError(f"initial values cannot be made in dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-        return _jit.generate(rule.seed, rule.stream, start, count, rule.dist, rule.scale, rule.prune, dtype)
-    return generate_reference(rule, count, dtype, start)
+def check_dtype(dtype: str) -> None:
+    """RuleError unless initial values can be made in ``dtype``."""
+    if dtype not in DTYPES:
+        raise RuleError(f"initial values cannot be made in dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+
+
+def check_dist(dist: str) -> None:
+    """RuleError unless ``dist`` is a distribution the generator knows."""
+    if dist not in ("uniform", "normal", "constant"):
+        raise RuleError(f"unknown distribution {dist!r}: expected 'uniform', 'normal' or 'constant'")
+
+
+def generate(rule, count: int, dtype: str, start: int = 0, simd: str = "auto") -> np.ndarray:
+    """Same bits as :func:`generate_reference`, from the compiled core.
+
+    ``simd`` ("auto", "portable" or "avx2") only chooses the code path, never a bit; the
+    environment variable PERMCODEC_SIMD=portable does the same for "auto".
+    """
+    from ._native import core
+    check_dtype(dtype)
+    return core().generate(rule.seed, rule.stream, start, count, rule.dist, float(rule.scale), rule.prune, dtype, simd)

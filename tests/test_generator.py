@@ -1,4 +1,8 @@
-"""The portable generator: Philox known answers, value path determinism, reference == fast."""
+"""The portable generator: Philox known answers, value path determinism, reference == fast.
+
+The compiled core (csrc/values.cpp) is compared bit for bit with the numpy reference on both of
+its SIMD paths and at several thread counts; neither may change a bit.
+"""
 import hashlib
 import subprocess
 import sys
@@ -8,7 +12,11 @@ import pytest
 from hypothesis import given, strategies as st
 
 from permcodec import philox, values, Rule
+from permcodec._native import core
+from permcodec.errors import PermcodecError, RuleError
 from permcodec.rules import make, stream_of
+
+SIMD = core().simd_paths()  # "portable", and "avx2" where the CPU has it
 
 
 @pytest.mark.parametrize("ctr,key,expected", philox.KAT)
@@ -28,11 +36,21 @@ rules = st.builds(
 
 
 @given(rule=rules, start=st.integers(0, 2**40), count=st.integers(0, 300),
-       dtype=st.sampled_from(values.DTYPES))
-def test_fast_path_equals_reference(rule, start, count, dtype):
+       dtype=st.sampled_from(values.DTYPES), simd=st.sampled_from(SIMD))
+def test_fast_path_equals_reference(rule, start, count, dtype, simd):
     a = values.generate_reference(rule, count, dtype, start)
-    b = values.generate(rule, count, dtype, start)
+    b = values.generate(rule, count, dtype, start, simd=simd)
     assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("simd", SIMD)
+@pytest.mark.parametrize("start", [2**33 - 77, 2**62 - 300, 0])
+def test_block_counter_carries_into_its_high_word(start, simd):
+    """Philox block indices crossing 2**32 (and the largest starts): the counter's second word."""
+    r = Rule("normal", 1.0, seed=2**64 - 1, stream=2**62 - 1, prune=2**31)
+    for dtype in values.DTYPES:
+        a = values.generate_reference(r, 299, dtype, start)
+        assert a.tobytes() == values.generate(r, 299, dtype, start, simd=simd).tobytes()
 
 
 # scales from subnormal float16/bfloat16 results to float32 overflow: the fused cast's corners
@@ -51,33 +69,27 @@ wide_rules = st.builds(
        dtype=st.sampled_from(values.DTYPES))
 def test_fused_cast_equals_reference_cast(rule, start, count, dtype):
     a = values.generate_reference(rule, count, dtype, start)
-    b = values.generate(rule, count, dtype, start)
-    assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    for simd in SIMD:
+        b = values.generate(rule, count, dtype, start, simd=simd)
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
 @pytest.mark.parametrize("dist", ["uniform", "normal", "constant"])
 @pytest.mark.parametrize("dtype", values.DTYPES)
-def test_parallel_path_equals_reference(dist, dtype):
-    """Counts above the serial cut-off run on numba's threads, tiles split among them."""
+def test_parallel_path_equals_reference(dist, dtype, monkeypatch):
+    """Counts above the serial cut-off split their tiles among 1, 2 or 4 threads (and both SIMD
+    paths): never a bit of difference."""
     r = Rule(dist, 0.7, seed=5, stream=11, prune=2**30)
     count = (1 << 17) + 77
-    a = values.generate_reference(r, count, dtype, start=3)
-    b = values.generate(r, count, dtype, start=3)
-    assert a.tobytes() == b.tobytes()
+    a = values.generate_reference(r, count, dtype, start=3).tobytes()
+    for threads in ("1", "2", "4"):
+        monkeypatch.setenv("PERMCODEC_NUM_THREADS", threads)
+        for simd in SIMD:
+            assert values.generate(r, count, dtype, start=3, simd=simd).tobytes() == a
 
 
 def test_float16_rounding_of_every_kind_of_float32():
     """The compiled binary32 -> binary16 rounding against numpy's, on random and corner patterns."""
-    _jit = pytest.importorskip("permcodec._jit")
-    if not _jit.available():
-        pytest.skip("numba disabled")
-    import numba
-
-    @numba.njit
-    def conv(u, out):
-        for i in range(u.shape[0]):
-            out[i] = _jit._f16_bits(u[i])
-
     rng = np.random.default_rng(0)
     corners = np.array([0x33000000, 0x33000001, 0x337FFFFF, 0x33800000, 0x38800000, 0x387FFFFF, 0x387FE000,
                         0x387FF000, 0x477FE000, 0x477FEFFF, 0x477FF000, 0x7F7FFFFF, 0x7F800000, 0, 1], np.uint32)
@@ -85,10 +97,24 @@ def test_float16_rounding_of_every_kind_of_float32():
                         (np.arange(0x33000000, 0x47800000, 997, dtype=np.uint32))])
     f = u.view(np.float32)
     u = u[~np.isnan(f)]
-    out = np.empty(u.size, np.uint16)
-    conv(u, out)
     with np.errstate(over="ignore"):
-        assert np.array_equal(out, u.view(np.float32).astype(np.float16).view(np.uint16))
+        expected = u.view(np.float32).astype(np.float16).view(np.uint16)
+    for simd in SIMD:
+        assert np.array_equal(core().f16_bits(u, simd), expected)
+
+
+def test_bad_arguments_are_named():
+    r = Rule("uniform", 1.0, seed=1, stream=2)
+    with pytest.raises(RuleError, match="dtype 'int8'"):
+        values.generate(r, 4, "int8")
+    with pytest.raises(ValueError, match="simd"):
+        values.generate(r, 4, "float32", simd="neon")
+
+
+def test_missing_extension_says_how_to_build_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "permcodec._core", None)  # makes the import fail
+    with pytest.raises(PermcodecError, match="pip install -e ."):
+        values.generate(Rule("uniform", 1.0, seed=1, stream=2), 4, "float32")
 
 
 def test_values_are_a_window_of_one_stream():
@@ -143,10 +169,8 @@ print(h.hexdigest())
 def test_same_bytes_in_other_processes_and_thread_counts():
     import os
     outs = set()
-    for threads in ("1", "2"):
-        env = dict(os.environ, NUMBA_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
+    for threads, simd in (("1", "auto"), ("2", "auto"), ("4", "portable")):
+        env = dict(os.environ, PERMCODEC_NUM_THREADS=threads, OMP_NUM_THREADS=threads, PERMCODEC_SIMD=simd)
         out = subprocess.run([sys.executable, "-c", SCRIPT, threads], capture_output=True, text=True, env=env, check=True)
         outs.add(out.stdout.strip())
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    outs.add(subprocess.run([sys.executable, "-c", SCRIPT, "1"], capture_output=True, text=True, env=env, check=True).stdout.strip())
     assert len(outs) == 1
