@@ -7,6 +7,7 @@
 // per-row repair). Everything here is integer arithmetic except _muldiv's double estimate, which
 // is corrected exactly. Segments are independent: they run in parallel and never change a bit.
 #include "common.h"
+#include "perm.h"
 #include "rans.h"
 
 #include <cstring>
@@ -155,18 +156,12 @@ inline void tables_init(int32_t* P) {
 
 // ---- keys and the classes of a row (model.md §4) --------------------------------------------
 // One row of keys: order keys as given, or raw value bits (width 8*sizeof(T)) mapped to their
-// order keys on the fly (~b if the sign bit is set, else b | sign).
+// order keys on the fly (perm.h's order_key, dtypes.order_keys' twin).
 template <class T>
 struct Keys {
     const T* p;
     bool raw;
-    uint64_t operator[](int64_t i) const {
-        uint64_t b = p[i];
-        if (!raw) return b;
-        constexpr uint64_t sign = uint64_t(1) << (8 * sizeof(T) - 1);
-        constexpr uint64_t all = sizeof(T) == 8 ? ~uint64_t(0) : (uint64_t(1) << (8 * sizeof(T))) - 1;
-        return (b & sign) ? (~b & all) : (b | sign);
-    }
+    uint64_t operator[](int64_t i) const { return raw ? order_key(p[i], 8 * sizeof(T)) : p[i]; }
 };
 
 // Per-thread work arrays of a row coder, O(n): 36 bytes per weight.
@@ -660,7 +655,7 @@ void repair(const py::array& keys_a, bool raw, const py::array_t<int64_t, py::ar
 }
 
 // (order, cstart[:ncls+1]) of one row of keys: the row sort the coders use (for tests).
-py::tuple row_classes(const py::array& keys_a, bool raw) {
+py::tuple sorted_classes(const py::array& keys_a, bool raw) {
     py::buffer_info kb = keys_a.request();
     require(kb.ndim == 1 && (kb.shape[0] == 0 || kb.strides[0] == kb.itemsize), "keys must be a contiguous row");
     const int64_t n = kb.shape[0];
@@ -691,7 +686,7 @@ void init_model(py::module_& m) {
     m.def("model_clique_bits", &clique_bits, py::arg("ok"), py::arg("n"), "greedy clique of compat_bits' sets");
     m.def("model_repair", &repair, py::arg("keys"), py::arg("raw"), py::arg("perm"), py::arg("chosen"),
           "unflag columns until the flagged set keeps its order in every row (in place)");
-    m.def("model_row_classes", &row_classes, py::arg("keys"), py::arg("raw"), "(order, class starts) of one row");
+    m.def("model_row_classes", &sorted_classes, py::arg("keys"), py::arg("raw"), "(order, class starts) of one row");
 }
 
 }  // namespace pc
