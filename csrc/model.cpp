@@ -2,19 +2,17 @@
 // permcodec/codecs/_model_ref.py is its Python twin, compared bit for bit in the tests).
 //
 // Symbol model: offset buckets around a centre, six adaptive count tables (one per context),
-// frozen columns and neighbour lags; the rANS coder and the Fenwick tree come from rans.h.
-// Also the encoder's frozen-column search (pairwise compatibility as bitsets, greedy clique,
-// per-row repair). Everything here is integer arithmetic except _muldiv's double estimate, which
-// is corrected exactly. Segments are independent: they run in parallel and never change a bit.
-#include "common.h"
-#include "perm.h"
+// frozen columns and neighbour lags; the rANS coder and the Fenwick tree come from rans.h, the
+// row sort from model_rows.h. Everything is integer arithmetic except Window::muldiv's double
+// estimate, which is corrected exactly. Segments are independent: they run in parallel and never
+// change a bit.
+#include "model_rows.h"
 #include "rans.h"
 
-#include <cstring>
 #include <limits>
-#include <memory>
 
 namespace pc {
+namespace model {
 namespace {
 
 using rans::M;
@@ -154,71 +152,6 @@ inline void tables_init(int32_t* P) {
         for (int y = 0; y < PS; ++y) P[k * PS + y] = std::min(y, PB - 1);
 }
 
-// ---- keys and the classes of a row (model.md §4) --------------------------------------------
-// One row of keys: order keys as given, or raw value bits (width 8*sizeof(T)) mapped to their
-// order keys on the fly (perm.h's order_key, dtypes.order_keys' twin).
-template <class T>
-struct Keys {
-    const T* p;
-    bool raw;
-    uint64_t operator[](int64_t i) const { return raw ? order_key(p[i], 8 * sizeof(T)) : p[i]; }
-};
-
-// Per-thread work arrays of a row coder, O(n): 36 bytes per weight.
-struct RowScratch {
-    int64_t n;
-    std::vector<int32_t> order, tmp, cstart, cls, fcls, rem, fen, disp;
-    int64_t hist[256];
-    explicit RowScratch(int64_t n_)
-        : n(n_), order(n_), tmp(n_), cstart(n_ + 1), cls(n_), fcls(n_), rem(n_ + 1), fen(n_ + 1), disp(n_) {}
-};
-constexpr int64_t ROW_SCRATCH_BYTES = 9 * 4;  // per weight (order, tmp, cstart, cls, fcls, rem, fen, disp + slack)
-
-// Sort positions by (key, index) into order (a stable LSD radix sort over the key bytes that vary
-// in the row); class per sorted index in cls; returns the class count with cstart[c] the first
-// sorted index of class c (cstart[ncls] = n).
-template <class T>
-int64_t classes(const Keys<T>& key, RowScratch& S) {
-    const int64_t n = S.n;
-    int32_t* order = S.order.data();
-    uint64_t diff = 0;
-    if (n) {
-        uint64_t k0 = key[0];
-        for (int64_t q = 0; q < n; ++q) diff |= key[q] ^ k0;
-    }
-    for (int64_t q = 0; q < n; ++q) order[q] = int32_t(q);
-    int32_t* src = order;
-    int32_t* dst = S.tmp.data();
-    for (int byte = 0; byte < 8; ++byte) {
-        int sh = 8 * byte;
-        if (((diff >> sh) & 255) == 0) continue;
-        int64_t* hist = S.hist;
-        std::fill(hist, hist + 256, 0);
-        for (int64_t q = 0; q < n; ++q) ++hist[(key[q] >> sh) & 255];
-        int64_t acc = 0;
-        for (int h = 0; h < 256; ++h) {
-            int64_t c = hist[h];
-            hist[h] = acc;
-            acc += c;
-        }
-        for (int64_t q = 0; q < n; ++q) {
-            int32_t i = src[q];
-            dst[hist[(key[i] >> sh) & 255]++] = i;
-        }
-        std::swap(src, dst);
-    }
-    if (src != order) std::memcpy(order, src, size_t(n) * sizeof(int32_t));
-    int64_t ncls = 0;
-    uint64_t prev = 0;
-    for (int64_t q = 0; q < n; ++q) {
-        uint64_t k = key[order[q]];
-        if (q == 0 || k != prev) S.cstart[size_t(ncls++)] = int32_t(q);
-        prev = k;
-        S.cls[size_t(q)] = int32_t(ncls - 1);
-    }
-    S.cstart[size_t(ncls)] = int32_t(n);
-    return ncls;
-}
 
 // Fresh state of a row: every class full, no position decoded; returns the class count.
 template <class T>
@@ -271,29 +204,6 @@ inline void row_step(RowScratch& S, int64_t ncls, int64_t t, int64_t i, int64_t 
     if (frozen[i]) lastcls = cf;
 }
 
-// ---- array helpers --------------------------------------------------------------------------
-template <class A>
-void require(bool ok, const A& msg) {
-    if (!ok) throw std::invalid_argument(std::string("model core: ") + msg);
-}
-
-py::buffer_info info2d(const py::array& a, int64_t rows, int64_t n, const char* what) {
-    py::buffer_info b = a.request();
-    require(b.ndim == 2 && b.shape[0] == rows && b.shape[1] == n, std::string(what) + " has the wrong shape");
-    require(b.strides[1] == b.itemsize && b.strides[0] == b.itemsize * n, std::string(what) + " must be C-contiguous");
-    return b;
-}
-
-// Call fn(Keys<T>) with T the unsigned type of the key array's width.
-template <class F>
-void with_keys(const py::buffer_info& b, F&& fn) {
-    switch (b.itemsize) {
-        case 2: return fn((const uint16_t*)b.ptr);
-        case 4: return fn((const uint32_t*)b.ptr);
-        case 8: return fn((const uint64_t*)b.ptr);
-        default: require(false, "keys must be 2, 4 or 8 bytes wide");
-    }
-}
 
 struct Side {  // frozen bitmap and lags, checked
     std::vector<uint8_t> frozen;
@@ -494,183 +404,11 @@ void decode(const py::array& bits_a, const py::array_t<uint8_t, py::array::c_sty
             throw format_error("model payload segment " + std::to_string(g) + " is corrupt: " + ERRORS[err[size_t(g)]]);
 }
 
-// ---- encoder side: the frozen-column search -------------------------------------------------
-inline int popcount(uint64_t x) { return __builtin_popcountll(x); }
-
-// Final class per position of one row (fc[q] = class of perm[q]) and the row's classes in S.
-template <class T>
-int64_t final_classes(const Keys<T>& key, const int64_t* prow, RowScratch& S, std::vector<int32_t>& fc) {
-    int64_t n = S.n, ncls = classes(key, S);
-    std::vector<int32_t>& clsof = S.fcls;
-    for (int64_t q = 0; q < n; ++q) clsof[size_t(S.order[size_t(q)])] = S.cls[size_t(q)];
-    for (int64_t q = 0; q < n; ++q) {
-        int64_t src = prow[q];
-        require(src >= 0 && src < n, "perm holds an index outside [0, n)");
-        fc[size_t(q)] = clsof[size_t(src)];
-    }
-    return ncls;
-}
-
-// ok[p] bit q: in every row of [lo, hi), positions p and q keep their order (initial (key, index)
-// order vs final class order, ties allowed). Per row, positions are visited in decreasing initial
-// order with the set of those already visited (initially later) and the prefix sets
-// less[f] = {q: final class of q < f}; p conflicts with the later q below its final class and
-// with the earlier q above it. AND over rows, so any split of the rows gives the same sets.
-template <class T>
-void compat_rows(const T* keys, bool raw, const int64_t* perm, int64_t n, int64_t lo, int64_t hi, uint64_t* ok) {
-    const int64_t nw = (n + 63) >> 6;
-    RowScratch S(n);
-    std::vector<int32_t> fc(static_cast<size_t>(n));
-    std::vector<uint64_t> less(static_cast<size_t>((n + 1) * nw)), after(static_cast<size_t>(nw));
-    for (int64_t row = lo; row < hi; ++row) {
-        int64_t ncls = final_classes(Keys<T>{keys + row * n, raw}, perm + row * n, S, fc);
-        std::fill(less.begin(), less.begin() + (ncls + 1) * nw, 0);
-        for (int64_t q = 0; q < n; ++q) less[size_t((fc[size_t(q)] + 1) * nw + (q >> 6))] |= uint64_t(1) << (q & 63);
-        for (int64_t f = 1; f <= ncls; ++f)
-            for (int64_t w = 0; w < nw; ++w) less[size_t(f * nw + w)] |= less[size_t((f - 1) * nw + w)];
-        std::fill(after.begin(), after.end(), 0);
-        for (int64_t t = n - 1; t >= 0; --t) {
-            int64_t p = S.order[size_t(t)], f = fc[size_t(p)];
-            const uint64_t* lf = &less[size_t(f * nw)];
-            const uint64_t* lf1 = &less[size_t((f + 1) * nw)];
-            uint64_t* okp = ok + p * nw;
-            for (int64_t w = 0; w < nw; ++w) okp[w] &= ~((after[size_t(w)] & lf[w]) | (~after[size_t(w)] & ~lf1[w]));
-            okp[p >> 6] |= uint64_t(1) << (p & 63);
-            after[size_t(p >> 6)] |= uint64_t(1) << (p & 63);
-        }
-    }
-}
-
-py::array_t<uint64_t> compat_bits(const py::array& keys_a, bool raw, const py::array_t<int64_t, py::array::c_style>& perm_a) {
-    require(perm_a.ndim() == 2, "perm must be 2-d");
-    const int64_t rows = perm_a.shape(0), n = perm_a.shape(1), nw = (n + 63) >> 6;
-    require(n <= 1 << 16, "the frozen search takes rows of at most 65536");
-    py::buffer_info kb = info2d(keys_a, rows, n, "keys");
-    const int64_t* perm = perm_a.data();
-    py::array_t<uint64_t> ok_a({n, nw});
-    uint64_t* ok = ok_a.mutable_data();
-    {
-        py::gil_scoped_release nogil;
-        const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(num_threads(), rows));
-        std::vector<std::vector<uint64_t>> part(static_cast<size_t>(chunks));
-        with_keys(kb, [&](auto keys) {
-            parallel_for(chunks, double(rows / chunks) * double(n * nw), double(1 << 20), [&](int64_t c0, int64_t c1) {
-                for (int64_t c = c0; c < c1; ++c) {
-                    part[size_t(c)].assign(size_t(n * nw), ~uint64_t(0));
-                    compat_rows(keys, raw, perm, n, c * rows / chunks, (c + 1) * rows / chunks, part[size_t(c)].data());
-                }
-            });
-        });
-        for (int64_t x = 0; x < n * nw; ++x) {
-            uint64_t v = ~uint64_t(0);
-            for (auto& pt : part) v &= pt[size_t(x)];
-            ok[x] = v;
-        }
-        for (int64_t p = 0; p < n; ++p) {  // bits past n are never set
-            if (n & 63) ok[p * nw + nw - 1] &= (uint64_t(1) << (n & 63)) - 1;
-        }
-    }
-    return ok_a;
-}
-
-// The greedy clique on compat_bits' sets, visiting columns by decreasing degree (stable).
-py::array_t<bool> clique_bits(const py::array_t<uint64_t, py::array::c_style>& ok_a, int64_t n) {
-    const int64_t nw = (n + 63) >> 6;
-    require(ok_a.ndim() == 2 && ok_a.shape(0) == n && ok_a.shape(1) == nw, "ok must be (n, ceil(n/64))");
-    const uint64_t* ok = ok_a.data();
-    py::array_t<bool> chosen_a(n);
-    bool* chosen = chosen_a.mutable_data();
-    std::vector<int64_t> deg(static_cast<size_t>(n), 0), idx(static_cast<size_t>(n));
-    for (int64_t p = 0; p < n; ++p) {
-        for (int64_t w = 0; w < nw; ++w) deg[size_t(p)] += popcount(ok[p * nw + w]);
-        idx[size_t(p)] = p;
-    }
-    std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return deg[size_t(a)] > deg[size_t(b)]; });
-    std::vector<uint64_t> members(static_cast<size_t>(nw), 0);
-    std::fill(chosen, chosen + n, false);
-    for (int64_t p : idx) {
-        bool good = true;
-        for (int64_t w = 0; w < nw && good; ++w) good = (ok[p * nw + w] & members[size_t(w)]) == members[size_t(w)];
-        if (good) {
-            chosen[p] = true;
-            members[size_t(p >> 6)] |= uint64_t(1) << (p & 63);
-        }
-    }
-    return chosen_a;
-}
-
-// Row by row, keep of the flagged columns (in initial order) a longest subsequence with
-// non-decreasing final classes and unflag the others; afterwards the flagged set is valid in every
-// row (a subset of a valid set stays valid). O(rows * n log n); serial (each row sees the last).
-template <class T>
-void repair_rows(const T* keys, bool raw, const int64_t* perm, int64_t rows, int64_t n, bool* chosen) {
-    RowScratch S(n);
-    std::vector<int32_t> fc(static_cast<size_t>(n));
-    std::vector<int64_t> seq(static_cast<size_t>(n)), val(static_cast<size_t>(n)), tail(static_cast<size_t>(n + 1)), prev(static_cast<size_t>(n));
-    std::vector<uint8_t> keep(static_cast<size_t>(n));
-    for (int64_t row = 0; row < rows; ++row) {
-        final_classes(Keys<T>{keys + row * n, raw}, perm + row * n, S, fc);
-        int64_t m = 0;
-        for (int64_t t = 0; t < n; ++t) {
-            int64_t i = S.order[size_t(t)];
-            if (chosen[i]) {
-                seq[size_t(m)] = i;
-                val[size_t(m++)] = fc[size_t(i)];
-            }
-        }
-        int64_t best = 0;
-        for (int64_t z = 0; z < m; ++z) {
-            int64_t lo = 1, hi = best + 1;  // first length L whose tail value exceeds val[z]
-            while (lo < hi) {
-                int64_t mid = (lo + hi) >> 1;
-                if (val[size_t(tail[size_t(mid)])] > val[size_t(z)])
-                    hi = mid;
-                else
-                    lo = mid + 1;
-            }
-            prev[size_t(z)] = lo > 1 ? tail[size_t(lo - 1)] : -1;
-            tail[size_t(lo)] = z;
-            best = std::max(best, lo);
-        }
-        if (best == m) continue;
-        std::fill(keep.begin(), keep.begin() + m, 0);
-        for (int64_t z = best ? tail[size_t(best)] : -1; z >= 0; z = prev[size_t(z)]) keep[size_t(z)] = 1;
-        for (int64_t z = 0; z < m; ++z)
-            if (!keep[size_t(z)]) chosen[seq[size_t(z)]] = false;
-    }
-}
-
-void repair(const py::array& keys_a, bool raw, const py::array_t<int64_t, py::array::c_style>& perm_a,
-            py::array chosen_a) {
-    require(perm_a.ndim() == 2, "perm must be 2-d");
-    const int64_t rows = perm_a.shape(0), n = perm_a.shape(1);
-    py::buffer_info kb = info2d(keys_a, rows, n, "keys");
-    py::buffer_info cb = chosen_a.request(true);  // in place: a bool array of n, no converted copy
-    require(cb.format == "?" && cb.ndim == 1 && cb.shape[0] == n && (n == 0 || cb.strides[0] == 1),
-            "chosen must be a contiguous bool array of one flag per column");
-    bool* chosen = (bool*)cb.ptr;
-    const int64_t* perm = perm_a.data();
-    py::gil_scoped_release nogil;
-    with_keys(kb, [&](auto keys) { repair_rows(keys, raw, perm, rows, n, chosen); });
-}
-
-// (order, cstart[:ncls+1]) of one row of keys: the row sort the coders use (for tests).
-py::tuple sorted_classes(const py::array& keys_a, bool raw) {
-    py::buffer_info kb = keys_a.request();
-    require(kb.ndim == 1 && (kb.shape[0] == 0 || kb.strides[0] == kb.itemsize), "keys must be a contiguous row");
-    const int64_t n = kb.shape[0];
-    RowScratch S(n);
-    int64_t ncls = 0;
-    with_keys(kb, [&](auto keys) { ncls = classes(Keys<std::remove_const_t<std::remove_pointer_t<decltype(keys)>>>{keys, raw}, S); });
-    py::array_t<int64_t> order(n), cstart(ncls + 1);
-    std::copy(S.order.begin(), S.order.end(), order.mutable_data());
-    std::copy(S.cstart.begin(), S.cstart.begin() + ncls + 1, cstart.mutable_data());
-    return py::make_tuple(order, cstart);
-}
-
 }  // namespace
+}  // namespace model
 
 void init_model(py::module_& m) {
+    using namespace model;
     m.attr("model_max_n") = MAX_N;
     m.attr("model_row_scratch_bytes") = ROW_SCRATCH_BYTES;
     m.attr("model_segment_scratch_bytes") = int64_t(NCTX * PS * 4 + 256 * 8 + 1024);
@@ -681,12 +419,7 @@ void init_model(py::module_& m) {
     m.def("model_decode", &decode, py::arg("bits"), py::arg("frozen"), py::arg("lags"), py::arg("segment_rows"),
           py::arg("lanes"), py::arg("words"), py::arg("bounds"), py::arg("out"), py::arg("gather"),
           "decode into out: the int64 permutation, or (gather) the rearranged value bits");
-    m.def("model_compat_bits", &compat_bits, py::arg("keys"), py::arg("raw"), py::arg("perm"),
-          "pairwise compatible columns as bitsets (n, ceil(n/64))");
-    m.def("model_clique_bits", &clique_bits, py::arg("ok"), py::arg("n"), "greedy clique of compat_bits' sets");
-    m.def("model_repair", &repair, py::arg("keys"), py::arg("raw"), py::arg("perm"), py::arg("chosen"),
-          "unflag columns until the flagged set keeps its order in every row (in place)");
-    m.def("model_row_classes", &sorted_classes, py::arg("keys"), py::arg("raw"), "(order, class starts) of one row");
+    init_search(m);
 }
 
 }  // namespace pc
