@@ -10,7 +10,6 @@
 namespace pc {
 namespace model {
 
-
 // ---- keys and the classes of a row (model.md §4) --------------------------------------------
 // One row of keys: order keys as given, or raw value bits (width 8*sizeof(T)) mapped to their
 // order keys on the fly (perm.h's order_key, dtypes.order_keys' twin).
@@ -21,7 +20,7 @@ struct Keys {
     uint64_t operator[](int64_t i) const { return raw ? order_key(p[i], 8 * sizeof(T)) : p[i]; }
 };
 
-// Per-thread work arrays of a row coder, O(n): 36 bytes per weight.
+// Per-thread work arrays of a row coder, O(n): 8 int32 arrays (ROW_SCRATCH_BYTES bounds them).
 struct RowScratch {
     int64_t n;
     std::vector<int32_t> order, tmp, cstart, cls, fcls, rem, fen, disp;
@@ -94,10 +93,11 @@ inline py::buffer_info info2d(const py::array& a, int64_t rows, int64_t n, const
 template <class F>
 void with_keys(const py::buffer_info& b, F&& fn) {
     switch (b.itemsize) {
+        case 1: return fn((const uint8_t*)b.ptr);
         case 2: return fn((const uint16_t*)b.ptr);
         case 4: return fn((const uint32_t*)b.ptr);
         case 8: return fn((const uint64_t*)b.ptr);
-        default: require(false, "keys must be 2, 4 or 8 bytes wide");
+        default: require(false, "keys must be 1, 2, 4 or 8 bytes wide");
     }
 }
 

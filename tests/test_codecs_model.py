@@ -42,6 +42,19 @@ def test_roundtrip_reference(rows, n, dtype, zeros, const, near, lanes, seg, see
     assert got.dtype == v.dtype and got.tobytes() == np.take_along_axis(v, p, 1).tobytes()
 
 
+@given(rows=st.integers(1, 4), n=st.integers(1, 60), levels=st.sampled_from([1, 3, 256]),
+       seed=st.integers(0, 2**32 - 1))
+def test_one_byte_values(rows, n, levels, seed):
+    """float8/int8 tensors travel as one-byte patterns (sign bit 0x80 for the order keys)."""
+    rng = np.random.default_rng(seed)
+    v = rng.integers(0, levels, (rows, n)).astype(np.uint8)
+    p = shuffled(rng, v, 0.05)
+    params, payload = model.encode(p, v)
+    assert np.array_equal(model.decode(params, payload, v), p)
+    assert np.array_equal(model.decode_reference(params, payload, v), p)
+    assert model.decode_values(params, payload, v).tobytes() == np.take_along_axis(v, p, 1).tobytes()
+
+
 def test_frozen_columns_pay():
     """Columns that keep their relative order in every row (dead input pixels) are found and cost
     less than the rest."""
