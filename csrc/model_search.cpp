@@ -147,7 +147,7 @@ void repair_rows(const T* keys, bool raw, const int64_t* perm, int64_t rows, int
             best = std::max(best, lo);
         }
         if (best == m) continue;
-        std::fill(keep.begin(), keep.begin() + m, 0);
+        for (int64_t z = 0; z < m; ++z) keep[size_t(z)] = 0;
         for (int64_t z = best ? tail[size_t(best)] : -1; z >= 0; z = prev[size_t(z)]) keep[size_t(z)] = 1;
         for (int64_t z = 0; z < m; ++z)
             if (!keep[size_t(z)]) chosen[seq[size_t(z)]] = false;
