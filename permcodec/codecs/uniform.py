@@ -140,13 +140,13 @@ GPU_OVERHEAD = 1e-3   # the device layout's framing budget, a fraction of the in
 
 def gpu_layout(rows: int, n: int, bits_per_row: float) -> tuple[int, int]:
     """(lanes, segment_rows) for device decoding: the lanes of a segment share one word pointer
-    (uniform.md §2), so a GPU decodes *segments* in parallel, one program each. One lane and the
-    fewest rows per segment whose framing (64 bits of state + a 32-bit length) stays within
-    GPU_OVERHEAD of the segment's information limit give the most parallel segments."""
+    (uniform.md §2), so a GPU decodes *segments* in parallel, one program each. One lane and as
+    many segments as fit 96 framing bits each (64 of state, a 32-bit length) into 90% of
+    GPU_OVERHEAD of the tensor's information limit (the rest covers the coder's rounding)."""
     if rows * n == 0:
         return 1, 1
-    seg = int(np.ceil(96 / (GPU_OVERHEAD * max(bits_per_row, 1e-9))))
-    return 1, int(max(1, min(seg, rows)))
+    nseg = max(1, int(0.9 * GPU_OVERHEAD * rows * bits_per_row / 96))
+    return 1, -(-rows // min(nseg, rows))
 
 
 def encode(perm: np.ndarray, values: np.ndarray, lanes=None, segment_rows=None, gpu=False, **options):
