@@ -86,10 +86,11 @@ if triton is not None:
                 s = x & 268435455
                 j = ((s + 1) * r - 1) >> 28
                 single = j < S
+                tie = j >= S          # (a comparison, not ~single: lowers the same everywhere)
                 c = lo * 0
                 a = S
-                e = S + tl.load(ccnt + base, mask=~single, other=0) - tl.load(used + base, mask=~single, other=0)
-                while (~single) & (j >= e):
+                e = S + tl.load(ccnt + base, mask=tie, other=0) - tl.load(used + base, mask=tie, other=0)
+                while tie & (j >= e):
                     c += 1
                     a = e
                     e = a + tl.load(ccnt + base + c) - tl.load(used + base + c)
@@ -99,10 +100,10 @@ if triton is not None:
                 last = tl.load(pool + base + S - 1, mask=single, other=0)
                 tl.store(pool + base + j, last, mask=single)
                 S = tl.where(single, S - 1, S)
-                u = tl.load(used + base + c, mask=~single, other=0)
-                src_t = tl.load(tsrc + base + tl.load(coff + base + c, mask=~single, other=0) + u,
-                                mask=~single, other=0)
-                tl.store(used + base + c, u + 1, mask=~single)
+                u = tl.load(used + base + c, mask=tie, other=0)
+                src_t = tl.load(tsrc + base + tl.load(coff + base + c, mask=tie, other=0) + u,
+                                mask=tie, other=0)
+                tl.store(used + base + c, u + 1, mask=tie)
                 tl.store(out + base + i, tl.where(single, src_p, src_t))
                 cum = (a << 28) // r
                 freq = ((e << 28) // r) - cum
