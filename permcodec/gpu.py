@@ -416,13 +416,6 @@ def plain_chunk(data, rows_total, n, r0, r1):
     return perm
 
 
-def _plain_check(payload, rows, n):
-    from .codecs import plain
-    need = (rows * n * plain.width(n) + 7) // 8
-    if len(payload) != need:
-        raise FormatError(f"plain payload is {len(payload)} bytes, {need} expected for {rows}x{n}")
-
-
 # ---- tensors ---------------------------------------------------------------------------------
 def decode(entry: dict, payload, device, check_digest: bool = False, backend: str = "auto") -> torch.Tensor:
     """Rebuild the permuted tensor ``entry`` on ``device`` from its codec ``payload``, ``CHUNK``
@@ -435,7 +428,12 @@ def decode(entry: dict, payload, device, check_digest: bool = False, backend: st
     if n > _packed.MAX_N and entry["codec"]["name"] == "packed":
         raise FormatError(f"tensor {entry['name']!r}: packed rows hold at most {_packed.MAX_N} weights, not {n}")
     rule = Rule.from_dict(entry["init"])
-    dtype, name, params = entry["dtype"], entry["codec"]["name"], entry["codec"]
+    from .tensors import codec_of
+    module, params = codec_of(entry)   # the codec version and the codec's one validator, as on the CPU
+    dtype, name = entry["dtype"], module.NAME
+    check = getattr(module, "check_payload", None)
+    if check is not None:
+        check(params, payload, rows, n)
     step = max(1, CHUNK // max(n, 1))
     gen = lambda r0, r1: generate(rule, (r1 - r0) * n, dtype, device, r0 * n, backend).view(r1 - r0, n)
     if name == "packed":
@@ -443,7 +441,6 @@ def decode(entry: dict, payload, device, check_digest: bool = False, backend: st
         data = _units(payload, device)
         perm_of = lambda v, r0, r1: packed_chunk(params, data, plan, v, r0, backend)
     else:
-        _plain_check(payload, rows, n)
         data = torch.from_numpy(np.frombuffer(payload, np.uint8).copy()).to(device).to(torch.int64)
         perm_of = lambda v, r0, r1: plain_chunk(data, rows, n, r0, r1)
     out = torch.empty((rows, n), dtype=TORCH[dtype], device=device)

@@ -41,7 +41,7 @@ import time
 
 import msgpack
 
-from . import format as fmt
+from . import format as fmt, tensors as T
 from .errors import FormatError, IntegrityError, PermcodecError
 
 INDEX_SUFFIX = ".index.json"
@@ -147,25 +147,18 @@ def remove_stale_temps(folder: str, older_than: float = STALE_SECONDS) -> list[s
 
 def retire_other_layout(path, kept: list[str]) -> None:
     """After a durable save to ``path``, remove what an earlier save under that name left in the
-    other layout: the index (first, so no reader follows it) and shards not in ``kept`` (file names),
-    and the single file when ``kept`` are shards."""
+    other layout: the index (first, so no reader follows it) and shards not in ``kept`` (file
+    names), or the single file when ``kept`` are shards. Only files named as this writer names
+    shards of ``path`` are removed, whatever an old index lists."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     stem, ext = os.path.splitext(os.path.basename(path))
     pattern = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}" + re.escape(ext))
-    old = set()
-    if not kept:
-        try:
-            old = set(read_index(path)["weight_map"].values())
-        except (PermcodecError, OSError):
-            pass
-        _unlink(index_path(path))
-    else:
-        _unlink(path)
+    _unlink(index_path(path) if not kept else path)
     try:
-        old |= {n for n in os.listdir(folder) if pattern.fullmatch(n)}
+        old = {n for n in os.listdir(folder) if pattern.fullmatch(n)}
     except OSError:
-        pass
+        old = set()
     for name in sorted(old - set(kept) - {os.path.basename(path)}):
         _unlink(os.path.join(folder, name))
     _fsync_dir(folder)
@@ -201,7 +194,9 @@ class _Shard:
     """One shard being written to a temporary file."""
 
     def __init__(self, folder: str, number: int):
+        from .api import _umask
         fd, self.tmp = temp_file(folder)
+        os.chmod(self.tmp, 0o666 & ~_umask())  # as a single-file save: the usual mode, not mkstemp's 0600
         self.f = os.fdopen(fd, "wb")
         self.w = fmt.Writer(self.f)
         self.number = number
@@ -246,7 +241,7 @@ def save(obj, path, max_shard_size, *, rules=None, codec="auto", fast=False, met
     try:
         for name, t in tensors.items():
             entry, payload = api._encode_tensor(name, t, rules.get(name), codec, on_mismatch, zstd_level)
-            total_size += _nbytes(entry)
+            total_size += T.nbytes(entry)
             if not shards or not shards[-1].fits(len(payload), entry, limit):
                 if shards:
                     done.append(_close(shards[-1], header, by_target, save_id, False, path))
@@ -285,11 +280,6 @@ def save(obj, path, max_shard_size, *, rules=None, codec="auto", fast=False, met
             except OSError:
                 pass
         raise
-
-
-def _nbytes(entry: dict) -> int:
-    from math import prod
-    return prod(entry["shape"]) * fmt.dtypes.itemsize(entry["dtype"])
 
 
 def _close(shard: _Shard, header: dict, by_target: dict, save_id, last: bool, path: str) -> tuple[int, bytes]:
@@ -378,6 +368,11 @@ class ShardedFile:
                     raise FormatError(f"shard {file_name} named by {self.path} is missing") from None
                 except IsADirectoryError:
                     raise FormatError(f"shard {file_name} named by {self.path} is a folder, not a file") from None
+                except PermissionError:
+                    raise
+                except OSError as e:  # a name too long, a path through a file, ...
+                    raise FormatError(f"shard {file_name[:80]!r} named by {self.path} cannot be opened "
+                                      f"({e.strerror}): not a shard of this model") from None
                 try:
                     self._check(file_name, f)
                 except BaseException:
@@ -438,7 +433,7 @@ class ShardedFile:
 
     @property
     def file_bytes(self) -> int:
-        return sum(os.path.getsize(os.path.join(self.folder, s)) for s in self.shards) + os.path.getsize(self.path)
+        return sum(len(self.shard(s).container.buf) for s in self.shards) + os.path.getsize(self.path)
 
     def keys(self):
         return list(self.weight_map)

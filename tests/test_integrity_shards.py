@@ -183,7 +183,8 @@ def _single(tmp_path):
     b'{"weight_map": {"w": "x.perm"}, "metadata": {"permcodec": {"shards": ["x.perm"]}}}',
     b'{"weight_map": {"w": "x.perm"}, "metadata": {"permcodec": {"shards": {"x.perm": 3}}}}',
     b'{"weight_map": {"": "x.perm"}}',
-], ids=["deep", "block-not-map", "shards-list", "listing-not-map", "empty-name"])
+    b'{"weight_map": {"w": "' + b"x" * 300 + b'"}}',
+], ids=["deep", "block-not-map", "shards-list", "listing-not-map", "empty-name", "name-too-long"])
 def test_hostile_index_raises_format_error(tmp_path, index):
     (tmp_path / "m.perm.index.json").write_bytes(index)
     with pytest.raises(permcodec.FormatError):
@@ -244,3 +245,45 @@ def test_a_long_sharded_save_keeps_its_temp_shards_while_another_save_cleans_up(
     monkeypatch.setattr(shards._Shard, "add", add)
     permcodec.save(state, tmp_path / "model.perm", max_shard_size=2000)
     assert same(permcodec.load(tmp_path / "model.perm"), state)
+
+
+def test_layout_cleanup_removes_only_files_named_as_shards(tmp_path):
+    """A hand-written index listing other files: a save under its name removes the index, not them."""
+    (tmp_path / "notes.perm").write_bytes(b"keep me")
+    (tmp_path / "model.perm.index.json").write_text(json.dumps({"weight_map": {"w": "notes.perm"}}))
+    permcodec.save(state_of(1), tmp_path / "model.perm")
+    assert (tmp_path / "notes.perm").read_bytes() == b"keep me"
+    assert perm_files(tmp_path) == ["model.perm", "notes.perm"]
+
+
+def test_shards_get_the_usual_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        permcodec.save(state_of(1), tmp_path / "model.perm", max_shard_size=2000)
+    finally:
+        os.umask(old)
+    assert {oct(os.stat(tmp_path / f).st_mode & 0o777) for f in perm_files(tmp_path)} == {"0o644"}
+
+
+def test_shards_written_before_the_shard_map_load_when_the_index_pins_them(tmp_path):
+    """permcodec 0.1 wrote no 'shard' map; its index always pinned each shard's trailer digest."""
+    sys.path.insert(0, str(os.path.join(os.path.dirname(__file__), "..", "fuzz")))
+    import kit
+    from permcodec import format as fmt
+    p = tmp_path / "model.perm"
+    state = state_of(1)
+    permcodec.save(state, p, max_shard_size=2000)
+    index = json.loads(open(shards.index_path(p)).read())
+    for name, listing in index["metadata"]["permcodec"]["shards"].items():
+        header, payloads = kit.split((tmp_path / name).read_bytes())
+        del header["shard"]
+        data = kit.build({k: v for k, v in header.items() if k != "sections"}, payloads)
+        (tmp_path / name).write_bytes(data)
+        digest = fmt.TRAILER.unpack_from(data, len(data) - fmt.TRAILER.size)[2]
+        listing.update(bytes=len(data), trailer_sha256=digest.hex())
+    (tmp_path / "model.perm.index.json").write_text(json.dumps(index))
+    assert same(permcodec.load(p), state)
+    del index["metadata"]["permcodec"]
+    (tmp_path / "model.perm.index.json").write_text(json.dumps(index))
+    with pytest.raises(permcodec.FormatError, match="does not say which save"):
+        permcodec.load(p)
