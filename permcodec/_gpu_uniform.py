@@ -18,6 +18,8 @@ from .errors import FormatError
 if triton is not None:
     import triton.language as tl
 
+OPTS = _launch_opts()   # fixed when the kernel is defined: TRITON_INTERPRET is read then too
+
 
 def row_tables(keys: torch.Tensor):
     """Per row (all int64, padded to n): the pool (singleton sources ascending) and its size; the
@@ -145,7 +147,7 @@ def decode(params: dict, payload, keys: torch.Tensor) -> torch.Tensor:
     state = torch.empty(nseg * lanes, dtype=torch.int64, device=dev)
     err = torch.zeros(nseg, dtype=torch.int32, device=dev)
     _uniform_kernel[(nseg,)](words, torch.from_numpy(bounds).to(dev), meta, pool, npool, tsrc, coff, ccnt,
-                             used, state, out, err, **_launch_opts())
+                             used, state, out, err, **OPTS)
     bad = torch.nonzero(err).flatten()
     if bad.numel():
         raise FormatError(f"uniform payload segment {int(bad[0])} does not decode (the rANS stream ends "

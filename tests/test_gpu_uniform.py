@@ -14,11 +14,17 @@ from permcodec.codecs import uniform
 from permcodec.errors import FormatError
 from permcodec.perm import info_bits
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-G = pytest.importorskip("permcodec._gpu_uniform")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
-    pytest.skip("no CUDA and the Triton interpreter is off", allow_module_level=True)
+pytest.importorskip("triton")
+if DEV == "cpu" and "permcodec._gpu_uniform" in sys.modules and not os.environ.get("TRITON_INTERPRET"):
+    pytest.skip("the kernel was defined compiled and there is no CUDA", allow_module_level=True)
+_env = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1" if DEV == "cpu" else (_env or "0")   # read when the kernel is defined
+from permcodec import _gpu_uniform as G  # noqa: E402
+if _env is None:
+    del os.environ["TRITON_INTERPRET"]
+else:
+    os.environ["TRITON_INTERPRET"] = _env
 
 
 def keys64(v: np.ndarray) -> torch.Tensor:
@@ -93,3 +99,19 @@ def test_cuda_million_values_equal_reference():
     params, payload = uniform.encode(perm, v, gpu=True)
     got = G.decode(params, payload, keys64(v)).cpu().numpy()
     assert got.tobytes() == uniform.decode(params, payload, v).tobytes()
+
+
+@pytest.mark.parametrize("family, dtype, prune", [("he_normal", "float32", 0.0), ("he_uniform", "float64", 0.5),
+                                                  ("he_normal", "bfloat16", 0.0), ("constant", "float32", 0.6)])
+def test_gpu_decode_uniform_entry(family, dtype, prune, monkeypatch):
+    """gpu.decode's uniform path (values generated on the device, then the kernel) = the CPU file path."""
+    if DEV == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")   # gpu.supports: Triton runs (interpreted) here
+    from permcodec import gpu
+    from tests.test_gpu import entry_for
+    e, payload, w = entry_for(family, dtype, prune, (5, 2, 7), "uniform")
+    out = gpu.decode(e, payload, DEV, check_digest=True)
+    assert out.cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() == \
+        np.ascontiguousarray(w).view(np.uint8).tobytes()
+    with pytest.raises(FormatError):
+        gpu.decode(e, payload[:-4], DEV)
