@@ -37,7 +37,7 @@ if [[ $DRY -eq 1 ]]; then
   JSON=bench/out/gpu.dryrun.json
   rm -f "$JSON"
   step build 300 "$PY" setup.py build_ext --inplace -q
-  step pytest-gpu 600 "$PY" -m pytest -q -x -m gpu tests/test_gpu.py tests/test_gpu_uniform.py
+  step pytest-gpu 600 "$PY" -m pytest -q -x -m gpu tests/test_gpu.py tests/test_gpu_uniform.py tests/test_gpu_device.py
   step pytest-interpreted 600 "$PY" -m pytest -q -x tests/test_gpu_uniform.py
   step bench 600 "$PY" bench/gpu_json.py --tiny --reps 1 --out "$JSON"
   note_error bench
@@ -47,10 +47,12 @@ fi
 rm -f "$JSON"
 PY=python3
 if ! timeout 30 python3 -c "import torch, triton, numpy, pytest, hypothesis, safetensors; assert torch.cuda.is_available()" 2>/dev/null; then
-  VENV=.venv-gpu
-  step venv 60 python3 -m venv "$VENV"
+  VENV=.venv-gpu   # --system-site-packages: a preinstalled CUDA torch is used where there is one
+  step venv 60 python3 -m venv --system-site-packages "$VENV"
   PY=$VENV/bin/python
-  step install 240 "$PY" -m pip install -q torch triton numpy pytest hypothesis pybind11 safetensors \
+  WHEELS=()         # an offline machine: carry wheels in .whl/ (ignored by git)
+  [[ -d .whl ]] && WHEELS=(--no-index --find-links .whl)
+  step install 240 "$PY" -m pip install -q "${WHEELS[@]}" torch triton numpy pytest hypothesis pybind11 safetensors \
     zstandard msgpack tqdm setuptools wheel
 fi
 step install-permcodec 120 "$PY" -m pip install -q --no-build-isolation -e .
@@ -62,7 +64,7 @@ if ! "$PY" -c "import torch, permcodec; assert torch.cuda.is_available()" >>"$LO
   finish
 fi
 "$PY" -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))" | tee -a "$LOG"
-step pytest-gpu 150 "$PY" -m pytest -q -m gpu tests/test_gpu.py tests/test_gpu_uniform.py
+step pytest-gpu 150 "$PY" -m pytest -q -m gpu tests/test_gpu.py tests/test_gpu_uniform.py tests/test_gpu_device.py
 step bench-codecs 90 "$PY" bench/gpu_json.py --only packed,plain,uniform,model --out "$JSON"
 step bench-files 150 "$PY" bench/gpu_json.py --only conv13,synthetic_1b --reps 2 --out "$JSON"
 note_error bench
