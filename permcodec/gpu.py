@@ -14,8 +14,9 @@ from 16-bit halves, so no int64 ever overflows.
 Memory: declared sizes are checked against the payload before anything is allocated on the
 device; a tensor is rebuilt ``CHUNK`` weights of rows at a time, so the workspace beyond the
 result is bounded. Raw tensors are decompressed on the CPU and copied (zstd has no device
-decoder here); permuted tensors whose codec has no device decoder (``uniform``, ``model``) make
-``supports`` return False, and ``File.get_tensor`` then decodes on the CPU and copies.
+decoder here); ``uniform`` decodes through its Triton kernel (permcodec._gpu_uniform, one program
+per segment) where Triton is installed; ``model`` has no device decoder: ``supports`` returns False
+for it, and ``File.get_tensor`` then decodes on the CPU and copies.
 """
 from __future__ import annotations
 
@@ -39,9 +40,12 @@ TORCH = {"float64": torch.float64, "float32": torch.float32, "float16": torch.fl
 
 
 def supports(entry: dict) -> bool:
-    """True where :func:`decode` rebuilds ``entry`` on a device."""
-    return entry.get("kind") == "permuted" and entry.get("codec", {}).get("name") in CODECS \
-        and entry.get("dtype") in TORCH
+    """True where :func:`decode` rebuilds ``entry`` on a device (uniform: where Triton runs)."""
+    name = entry.get("codec", {}).get("name")
+    if name == "uniform":
+        from . import _gpu_triton
+        name = name if _gpu_triton.available() else None
+    return entry.get("kind") == "permuted" and name in CODECS + ("uniform",) and entry.get("dtype") in TORCH
 
 
 def backend_for(device, backend: str = "auto") -> str:
@@ -436,6 +440,12 @@ def decode(entry: dict, payload, device, check_digest: bool = False, backend: st
         check(params, payload, rows, n)
     step = max(1, CHUNK // max(n, 1))
     gen = lambda r0, r1: generate(rule, (r1 - r0) * n, dtype, device, r0 * n, backend).view(r1 - r0, n)
+    if name == "uniform":   # segments decode in parallel, the whole tensor in one launch
+        from . import _gpu_uniform
+        v = gen(0, rows)
+        bits = v.view({8: torch.int64, 4: torch.int32, 2: torch.int16}[v.element_size()])
+        out = torch.gather(v, 1, _gpu_uniform.decode(params, payload, bits.to(torch.int64)))
+        return _digest_checked(out.view(entry["shape"]), entry, device, check_digest)
     if name == "packed":
         plan = _packed_plan(params, payload, rows, n, device, gen)  # validates sizes first
         data = _units(payload, device)
@@ -448,8 +458,11 @@ def decode(entry: dict, payload, device, check_digest: bool = False, backend: st
         r1 = min(rows, r0 + step)
         v = gen(r0, r1)
         out[r0:r1] = torch.gather(v, 1, perm_of(v, r0, r1))
-    out = out.view(entry["shape"])
-    if check_digest:
+    return _digest_checked(out.view(entry["shape"]), entry, device, check_digest)
+
+
+def _digest_checked(out, entry, device, check: bool):
+    if check:
         from .api import to_numpy
         from .tensors import digest
         if digest(to_numpy(out)[0]) != entry["digest"]:

@@ -67,7 +67,10 @@ def test_corrupt_payload_raises():
 
 def test_supports():
     assert gpu.supports({"kind": "permuted", "codec": {"name": "packed"}, "dtype": "float32"})
-    assert not gpu.supports({"kind": "permuted", "codec": {"name": "uniform"}, "dtype": "float32"})
+    from permcodec import _gpu_triton
+    uni = gpu.supports({"kind": "permuted", "codec": {"name": "uniform"}, "dtype": "float32"})
+    assert uni == _gpu_triton.available()
+    assert not gpu.supports({"kind": "permuted", "codec": {"name": "model"}, "dtype": "float32"})
     assert not gpu.supports({"kind": "raw", "dtype": "float32"})
 
 

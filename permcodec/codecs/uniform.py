@@ -135,9 +135,29 @@ ERRORS = {1: "a lane's initial state is outside [2**31, 2**63)", 2: "the stream 
 
 
 # ---- the codec interface -------------------------------------------------------------------
-def encode(perm: np.ndarray, values: np.ndarray, lanes=None, segment_rows=None, **options):
+GPU_OVERHEAD = 1e-3   # the device layout's framing budget, a fraction of the information limit
+
+
+def gpu_layout(rows: int, n: int, bits_per_row: float) -> tuple[int, int]:
+    """(lanes, segment_rows) for device decoding: the lanes of a segment share one word pointer
+    (uniform.md §2), so a GPU decodes *segments* in parallel, one program each. One lane and as
+    many segments as fit 96 framing bits each (64 of state, a 32-bit length) into 90% of
+    GPU_OVERHEAD of the tensor's information limit (the rest covers the coder's rounding)."""
+    if rows * n == 0:
+        return 1, 1
+    nseg = max(1, int(0.9 * GPU_OVERHEAD * rows * bits_per_row / 96))
+    return 1, -(-rows // min(nseg, rows))
+
+
+def encode(perm: np.ndarray, values: np.ndarray, lanes=None, segment_rows=None, gpu=False, **options):
+    """``gpu=True`` picks gpu_layout (many independent segments) unless lanes/segment_rows are given."""
     rows, n = perm.shape
-    lanes, seg = _rans.layout(rows, n, _rans.row_bits(values), lanes, segment_rows)
+    bits = _rans.row_bits(values)
+    if gpu:
+        gl, gs = gpu_layout(rows, n, bits)
+        lanes = gl if lanes is None else lanes
+        segment_rows = gs if segment_rows is None else segment_rows
+    lanes, seg = _rans.layout(rows, n, bits, lanes, segment_rows)
     params = {"name": NAME, "lanes": lanes, "segment_rows": seg}
     try:
         payload = _core.uniform_encode(keys_of(values), np.ascontiguousarray(perm, np.int64), lanes, seg)
