@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -140,20 +139,13 @@ SELF_CHECK_DECODE_BYTES = 16 << 20  # a save decodes its own file before the ren
 
 def check_written(tmp: str, path) -> None:
     """Read back a file a save wrote to ``tmp`` (its header, and every tensor if it is small), so
-    no save replaces ``path`` with a file the reader refuses.
-
-    numba's parallel decoders start a process-wide thread pool that a later fork() inherits broken
-    (GNU OpenMP kills the child), so while numba is loaded a save decodes only its raw tensors and
-    checks its permuted payloads without generating values; the compiled core decodes them all."""
+    no save replaces ``path`` with a file the reader refuses."""
     try:
         with File(tmp) as f:
             if sum(T.nbytes(e) for e in f.entries.values() if e["kind"] != "alias") <= SELF_CHECK_DECODE_BYTES:
-                decode_permuted = "numba" not in sys.modules
                 for name, e in f.entries.items():
-                    if e["kind"] == "raw" or (e["kind"] == "permuted" and decode_permuted):
+                    if e["kind"] != "alias":
                         f.get_numpy(name, check_digest=True)
-                    elif e["kind"] == "permuted":
-                        T.check_permuted(e, f.container.section(e["section"]))
     except PermcodecError as e:
         raise type(e)(f"{os.fspath(path)} was not written: the file this save produced does not read back "
                       f"({e}); the previous file is unchanged. Report this with the model") from None

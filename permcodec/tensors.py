@@ -168,7 +168,8 @@ def encode_permuted(arr: np.ndarray, rule: Rule, dtype: str, name: str, codec: s
 
 # ---- working memory ------------------------------------------------------------------------
 WORK_FACTOR = 16         # a decode may take this many times the tensor's decoded bytes ...
-ROW_SCRATCH = 64         # ... plus this many bytes per weight of a row, per decoding thread ...
+ROW_SCRATCH = 320        # ... plus this many bytes per weight of a row, per decoding thread (packed's
+                         # row tables and hash scratch are the largest, ~260 B at n = 2^22) ...
 FIXED_SCRATCH = 64 << 20  # ... plus this much (tables, the interpreter's own growth)
 
 
@@ -241,8 +242,6 @@ def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> n
     except MemoryError:
         raise _out_of_memory(entry) from None
     except Exception as e:  # a codec must not crash on hostile bytes; report it as corrupt
-        if isinstance(e.__cause__ or e.__context__, MemoryError):  # numba wraps it in a SystemError
-            raise _out_of_memory(entry) from None
         raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} failed on the payload: {e!r}") from None
     if fused is not None:
         if not isinstance(p, np.ndarray) or p.shape != v.shape or p.dtype != v.dtype:

@@ -494,8 +494,6 @@ def test_memory_bombs_are_refused_or_decoded(data, bomb):
     read(_bomb(data, **bomb)[0])
 
 
-@pytest.mark.xfail(strict=False, reason="needs the compiled core: the numba packed decoder takes ~50x on "
-                                        "rows of one weight")
 @settings(max_examples=60 if DEEP else 15, deadline=None)
 @given(data=st.data(), bomb=bombs)
 def test_memory_bombs_stay_within_the_working_budget(data, bomb):

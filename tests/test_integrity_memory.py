@@ -28,7 +28,6 @@ import kit  # noqa: E402
 
 MiB = 1 << 20
 SLACK = 64 * MiB  # the interpreter's own growth, the generator's transients
-NEEDS_CORE = pytest.mark.xfail(strict=False, reason="needs the compiled core (the numba decoders take ~50x)")
 
 READER = r"""
 import json, os, resource, sys, time
@@ -83,7 +82,6 @@ def bound(module, params, rows, n, itemsize) -> int:
 CONSTANT = Rule("constant", 0.5, 1, 3)
 
 
-@NEEDS_CORE
 def test_packed_many_one_weight_rows(tmp_path):
     """2.7 KB in the issue: packed, ties, [2^25, 1] float16 -- a valid file (one weight per row
     needs no bits). It decodes, within the bound."""
@@ -97,7 +95,6 @@ def test_packed_many_one_weight_rows(tmp_path):
     assert got["grown"] <= b, got
 
 
-@NEEDS_CORE
 @pytest.mark.parametrize("codec, params", [("uniform", {"name": "uniform", "lanes": 1, "segment_rows": 1}),
                                            ("model", None)])
 def test_one_long_row(tmp_path, codec, params):

@@ -13,7 +13,7 @@ values only) and change the bits; options that only change speed do not appear i
 
 An optional ``decode_values(params, payload, values) -> rearranged values`` (values' dtype and
 shape) is what ``decode`` followed by perm.check_apply gives, in one pass; the loader prefers it.
-It must check the permutation property itself (``_perm_jit.put_row`` does it while gathering).
+It must check the permutation property itself (csrc/perm.h's ``put_row`` does it while gathering).
 
 An optional ``worth(perm, values) -> bool`` lets save(codec="auto") skip a slow codec where a
 cheap deterministic look ahead says it will not be the smallest (it never changes a codec's bits).

@@ -16,8 +16,7 @@ Coding a symbol (cum, freq) with 0 <= cum < cum + freq <= M:
 Every lane starts (encoder) and ends (decoder) in the state 2**31; a segment is the lanes' final
 states (2 words each, low word first) followed by the emitted words in reverse order of emission.
 The compiled coder is csrc/rans.h (shared by the codecs in csrc/); this module holds the segment
-framing and layout checks, and the plain Python Reader of the reference decoders. read_states,
-advance and encode_symbols are the numba leftovers model.py uses until its port lands.
+framing and layout checks, and the plain Python Reader of the reference decoders.
 """
 from __future__ import annotations
 
@@ -25,81 +24,11 @@ import numpy as np
 
 from ..errors import FormatError, PermcodecError
 
-try:
-    import numba as _nb
-except ImportError:  # pragma: no cover
-    _nb = None
-
 PREC = 28
 M = 1 << PREC
 LOW = 1 << 31
 MAX_N = M                # longest row: past M items a range can get frequency 0 (uniform.md §1)
 MAX_LANES = 64
-
-
-def njit(*args, **kw):
-    """numba.njit(cache=True) where numba exists, identity otherwise (the references still run)."""
-    if _nb is None:
-        return (lambda f: f) if not args else args[0]
-    kw.setdefault("cache", True)
-    return _nb.njit(*args, **kw)
-
-
-prange = _nb.prange if _nb is not None else range
-
-
-@njit(inline="always")
-def read_states(words, wlo, lanes, x):
-    """The lanes' initial states from words[wlo:wlo + 2*lanes] (low word first) into ``x``;
-    False if one is outside [2**31, 2**63) (a value >= 2**63 reads as negative)."""
-    for l in range(lanes):
-        v = np.int64(words[wlo + 2 * l]) | (np.int64(words[wlo + 2 * l + 1]) << 32)
-        if v < LOW:
-            return False
-        x[l] = v
-    return True
-
-
-@njit(inline="always")
-def advance(xs, f, s, c0, words, p, whi):
-    """One decoding step of a lane whose slot ``s`` fell in the interval [c0, c0 + f): the next
-    state, reading a word from words[p] (p < whi) when it drops below 2**31. Returns
-    (state, p, ok); ok is False when the stream ends early."""
-    xs = f * (xs >> PREC) + s - c0
-    if xs < LOW:
-        if p >= whi:
-            return xs, p, False
-        xs = (xs << 32) | np.int64(words[p])
-        p += 1
-    return xs, p, True
-
-
-@njit
-def encode_symbols(cum, freq, lanes, out):
-    """rANS-encode symbols (cum[k], freq[k]) k = 0..K-1 into ``out`` (uint32, >= K + 2*lanes
-    words); returns the number of words written (states first, then the stream)."""
-    K = cum.shape[0]
-    x = np.full(lanes, LOW, np.int64)
-    emitted = np.empty(K, np.uint32)
-    ne = 0
-    mask = np.int64(0xFFFFFFFF)
-    for k in range(K - 1, -1, -1):
-        lane = k % lanes
-        f = np.int64(freq[k])
-        s = x[lane]
-        if (s >> (63 - PREC)) >= f:
-            emitted[ne] = np.uint32(s & mask)
-            ne += 1
-            s >>= 32
-        x[lane] = (s // f) * M + s % f + np.int64(cum[k])
-    for l in range(lanes):
-        out[2 * l] = np.uint32(x[l] & mask)
-        out[2 * l + 1] = np.uint32(x[l] >> 32)
-    w = 2 * lanes
-    for i in range(ne - 1, -1, -1):
-        out[w] = emitted[i]
-        w += 1
-    return w
 
 
 def frame(segments: list) -> bytes:

@@ -16,7 +16,7 @@ import numpy as np
 from .. import _core
 from ..errors import FormatError, PermcodecError
 from . import _rans
-from ._rans import PREC, njit
+from ._rans import PREC
 
 NAME = "uniform"
 AUTO = True
@@ -87,51 +87,6 @@ def decode_reference(params: dict, payload, values: np.ndarray) -> np.ndarray:
     return perm
 
 
-# ---- numba leftovers for model.py (its port to csrc/model.cpp replaces them; see csrc/rans.h) ----
-@njit(inline="always")
-def _fen_build(fen, rem, K):
-    for t in range(K):
-        fen[t + 1] = rem[t]
-    for t in range(1, K + 1):
-        u = t + (t & -t)
-        if u <= K:
-            fen[u] += fen[t]
-
-
-@njit(inline="always")
-def _fen_add(fen, K, t, d):
-    t += 1
-    while t <= K:
-        fen[t] += d
-        t += t & -t
-
-
-@njit(inline="always")
-def _fen_prefix(fen, t):
-    acc = 0
-    while t > 0:
-        acc += fen[t]
-        t -= t & -t
-    return acc
-
-
-@njit(inline="always")
-def _fen_find(fen, K, top, q):
-    """(t, prefix(t)) for the tie class t holding item q (0 <= q < total)."""
-    pos = 0
-    acc = 0
-    step = top
-    while step:
-        nxt = pos + step
-        if nxt <= K and acc + fen[nxt] <= q:
-            pos = nxt
-            acc += fen[nxt]
-        step >>= 1
-    return pos, acc
-
-
-ERRORS = {1: "a lane's initial state is outside [2**31, 2**63)", 2: "the stream ends early",
-          3: "the stream does not end in the initial state", 4: "a row is not a permutation"}
 
 
 # ---- the codec interface -------------------------------------------------------------------
