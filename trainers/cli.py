@@ -67,6 +67,8 @@ def train_parser() -> argparse.ArgumentParser:
     a("--data", choices=data_mod.DATASETS)
     a("--data-dir", help="where local datasets live (default $PERMCODEC_DATA or "
                          "~/.cache/permcodec/data)")
+    a("--verify-data", action=argparse.BooleanOptionalAction, default=None,
+      help="check the dataset's pinned SHA-256 digests (default on; off for your own files)")
     a("--normalize", choices=("unit", "zscore"))
     a("--augment", action=argparse.BooleanOptionalAction, default=None)
     a("--limit-train", type=int)

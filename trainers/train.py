@@ -51,6 +51,7 @@ class Config:
     model: str = "mlp"
     data: str = "embedded"
     data_dir: str | None = None
+    verify_data: bool = True           # check pinned SHA-256 digests (Fashion-MNIST's files)
     normalize: str | None = None
     augment: bool = False
     limit_train: int | None = None
@@ -181,7 +182,8 @@ def train(cfg: Config, *, resume: str | None = None, epochs: int | None = None, 
     if out and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     ds = data_mod.load(cfg.data, root=cfg.data_dir, normalize=cfg.normalize,
-                       limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+                       limit_train=cfg.limit_train, limit_test=cfg.limit_test,
+                       verify=cfg.verify_data)
     device = torch.device(cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
