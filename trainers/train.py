@@ -292,7 +292,7 @@ def train(cfg: Config, *, resume: str | None = None, epochs: int | None = None, 
     correct, total = evaluate(model, ds.x_test, ds.y_test, rank=rank, world=world)
     result = {"model": cfg.model, "data": cfg.data, "optimizer": cfg.optimizer, "steps": step,
               "syncs": opt.param_groups[0].get("laperm_syncs", 0), "test_correct": correct,
-              "test_total": total, "test_acc": correct / total,
+              "test_total": total, "test_acc": correct / total, "fp32_bytes": _fp32_bytes(model),
               "train_seconds": round(train_seconds, 3), "sync_seconds": round(getattr(opt, "sync_seconds", 0.0), 4)}
     if laperm and out and rank == 0:
         result.update(finish(cfg, model, out / "model.perm", ds, records, correct, total, say))
