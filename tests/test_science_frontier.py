@@ -96,3 +96,6 @@ def test_frontier_writes_table_plot_and_figures(tmp_path):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = out.with_suffix(".md").read_text().splitlines()
     assert len(table) == 2 + 4 + 2 and "Adam, fp32" in table[2]
+    out.with_suffix(".md").unlink()
+    assert frontier.main(["--replot", "--out", str(out)]) == 0  # from the figures alone
+    assert out.with_suffix(".md").read_text().splitlines() == table

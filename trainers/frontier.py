@@ -126,12 +126,15 @@ def _plot(runs, baselines, path) -> None:
         sc = ax.scatter([r["model"]["bits_per_weight"] for r in sel],
                         [100 * r["test_acc"] for r in sel], c=[math.log10(r["lr"]) for r in sel],
                         marker=marker, cmap="viridis", label=f"LaPerm, prune {prune:g} (model codec)")
+        for r in sel:
+            ax.annotate(f"k{r['k']}", (r["model"]["bits_per_weight"], 100 * r["test_acc"]),
+                        fontsize=6, xytext=(4, -2), textcoords="offset points")
     if runs:
         fig.colorbar(sc, ax=ax, label="log10 lr")
-    for b in baselines:
+    for i, b in enumerate(baselines):
         ax.scatter(b["bits_per_weight"], 100 * b["test_acc"], marker="x", color="k")
         ax.annotate(f"Adam {b['format']}", (b["bits_per_weight"], 100 * b["test_acc"]),
-                    fontsize=7, xytext=(3, 3), textcoords="offset points")
+                    fontsize=7, xytext=(-20, 8 if i % 2 else -14), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("bits per weight (whole file / all parameters)")
     ax.set_ylabel("test accuracy (%)")
@@ -159,7 +162,14 @@ def main(argv=None) -> int:
     p.add_argument("--limit-train", type=int)
     p.add_argument("--out", default="docs/frontier", help="writes OUT.md, OUT.png and OUT.json")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--replot", action="store_true", help="redraw OUT.md and OUT.png from OUT.json")
     a = p.parse_args(argv)
+    out = Path(a.out)
+    if a.replot:
+        saved = json.loads(out.with_suffix(".json").read_text())
+        out.with_suffix(".md").write_text(_table(saved["runs"], saved["baselines"]))
+        _plot(saved["runs"], saved["baselines"], out.with_suffix(".png"))
+        return 0
     torch.set_num_threads(a.threads)
     common = dict(model=a.model, data=a.data, seed=a.seed, limit_train=a.limit_train)
     grid = list(itertools.product(_floats(a.lrs), [int(k) for k in a.ks.split(",")],
@@ -176,7 +186,6 @@ def main(argv=None) -> int:
                   f"auto {r['auto']['bits_per_weight']:.3f} b/w, model "
                   f"{r['model']['bits_per_weight']:.3f} b/w ({r['model']['ratio_to_limit']:.3f}x "
                   f"the limit)  {r['train_seconds']:.0f}s", flush=True)
-    out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"runs": runs, "baselines": baselines,
                                                     "args": vars(a)}, indent=1))
