@@ -99,3 +99,17 @@ def test_frontier_writes_table_plot_and_figures(tmp_path):
     out.with_suffix(".md").unlink()
     assert frontier.main(["--replot", "--out", str(out)]) == 0  # from the figures alone
     assert out.with_suffix(".md").read_text().splitlines() == table
+
+
+def test_fidelity_command_writes_each_row_as_it_goes(tmp_path):
+    js, md = tmp_path / "f.json", tmp_path / "f.md"
+    assert fidelity.main(["--rows", "adam,laperm", "--seeds", "0", "--epochs", "1", "--limit-train",
+                          "200", "--json", str(js), "--out", str(md)]) == 0
+    res = json.loads(js.read_text())
+    assert [r["row"] for r in res] == ["adam", "laperm"]
+    assert all(r["reduced"] == "--epochs 1 --limit-train 200" for r in res)
+    assert res[0]["size"] is None and res[1]["size"]["permuted_weights"] == 784 * 100 + 100 * 100 + 1000
+    lines = md.read_text().splitlines()
+    assert len(lines) == 4 and lines[2].endswith("| --epochs 1 --limit-train 200 |")
+    with pytest.raises(SystemExit):
+        fidelity.main(["--dataset", "fashion-mnist", "--rows", "adam"])  # not a row of that table

@@ -183,24 +183,29 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a busy box)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    if a.sync_cost:
-        res = sync_cost(a.models.split(","))
-    else:
-        table = TABLES[a.dataset]
-        extra = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
-                         (("epochs", a.epochs), ("limit_train", a.limit_train)) if v)
-        extra = f"{extra} {a.extra}".strip()
-        rows = a.rows.split(",") if a.rows else list(table)
-        unknown = [r for r in rows if r not in table]
-        if unknown:
-            p.error(f"unknown rows {unknown} for --dataset {a.dataset}; choose from {', '.join(table)}")
-        res = fidelity(rows, [int(s) for s in a.seeds.split(",")], table, extra)
-        if a.out:
+    def write(res):  # after every row: a long run stopped midway keeps what it measured
+        if a.out and not a.sync_cost:
             with open(a.out, "w") as f:
                 f.write(markdown(res))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1)
+
+    if a.sync_cost:
+        write(sync_cost(a.models.split(",")))
+        return 0
+    table = TABLES[a.dataset]
+    extra = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+                     (("epochs", a.epochs), ("limit_train", a.limit_train)) if v)
+    extra = f"{extra} {a.extra}".strip()
+    rows = a.rows.split(",") if a.rows else list(table)
+    unknown = [r for r in rows if r not in table]
+    if unknown:
+        p.error(f"unknown rows {unknown} for --dataset {a.dataset}; choose from {', '.join(table)}")
+    res = []
+    for row in rows:
+        res += fidelity([row], [int(s) for s in a.seeds.split(",")], table, extra)
+        write(res)
     return 0
 
 
