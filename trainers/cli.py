@@ -22,7 +22,7 @@ import torch
 
 from . import data as data_mod
 from . import models
-from .train import Config
+from .train import DECAY, Config
 
 #: The paper's settings (Table 1, §5, appendix A.5). Keras' l2(a) is Adam weight_decay 2a here.
 #: Each recipe replaces the main job's learning-rate steps (``lr_steps``) unless it sets its own.
@@ -67,6 +67,8 @@ def train_parser() -> argparse.ArgumentParser:
     a("--data", choices=data_mod.DATASETS)
     a("--data-dir", help="where local datasets live (default $PERMCODEC_DATA or "
                          "~/.cache/permcodec/data)")
+    a("--verify-data", action=argparse.BooleanOptionalAction, default=None,
+      help="check the dataset's pinned SHA-256 digests (default on; off for your own files)")
     a("--normalize", choices=("unit", "zscore"))
     a("--augment", action=argparse.BooleanOptionalAction, default=None)
     a("--limit-train", type=int)
@@ -79,6 +81,9 @@ def train_parser() -> argparse.ArgumentParser:
     a("--lr-decay-every", type=int)
     a("--lr-steps", type=lambda s: _pairs(s), help="EPOCH:FACTOR,... e.g. 80:0.1,120:0.1")
     a("--weight-decay", type=float)
+    a("--decay", choices=DECAY,
+      help="what --weight-decay applies to: weights (the paper: no biases, no BatchNorm), "
+           "hidden (weights but the output layer: the paper's F2) or all (the earlier choice)")
     a("--k", type=int, help="sync period in steps")
     a("--k-schedule", type=lambda s: [[int(k), int(v)] for k, v in _pairs(s, int, int).items()],
       help="STEP:K,... e.g. 0:20,2000:200")

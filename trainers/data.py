@@ -9,8 +9,12 @@
   ``<root>/cifar-10-batches-py`` (the python version, read with an unpickler that only admits
   numpy arrays).
 
-``root`` is ``--data-dir``, else ``$PERMCODEC_DATA``, else ``~/.cache/permcodec/data``. Nothing is
-ever downloaded: a missing dataset raises :class:`DataError` saying what to fetch and where to put it.
+``root`` is ``--data-dir``, else ``$PERMCODEC_DATA``, else ``~/.cache/permcodec/data``; IDX datasets
+not found there are looked for in ``/usr/share/datasets`` (where Debian's ``dataset-fashion-mnist``
+installs them). Files with pinned SHA-256 digests (Fashion-MNIST's) are checked against them, so a
+corrupt file or MNIST in Fashion-MNIST's folder is refused (``verify=False`` admits custom files).
+Nothing is ever downloaded: a missing dataset raises :class:`DataError` saying what to install or
+fetch and where to put it.
 Normalization and augmentation follow the paper's appendix A.5 and are options.
 """
 
@@ -22,6 +26,7 @@ import hashlib
 import math
 import os
 import pickle
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +45,15 @@ _URLS = {"mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/ (a mirror of "
                           "(see github.com/zalandoresearch/fashion-mnist)",
          "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz (or "
                     "cifar-10-python.tar.gz)"}
+#: Where distributions install datasets (Debian: ``apt-get install dataset-fashion-mnist``).
+SYSTEM_ROOT = Path("/usr/share/datasets")
+_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
+#: SHA-256 of each official file's uncompressed bytes (the same whether stored gzipped or not).
+PINNED = {"fashion-mnist": {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"}}
 #: The paper's augmentation (appendix A.5.2 / A.5.3): degrees, shift fraction, zoom, h-flip.
 AUGMENT = {"mnist": (10.0, 0.1, 0.1, False), "cifar": (15.0, 0.1, 0.0, True)}
 
@@ -115,13 +129,22 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (MNIST's format) as a uint8 array, with its header checked."""
+def _read(path: Path) -> bytes:
     try:
         with _open(path) as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path} cannot be read ({e}); download it again") from None
+
+
+def read_idx(path: Path, sha256: str | None = None) -> np.ndarray:
+    """An IDX file (MNIST's format) as a uint8 array, with its header (and ``sha256``, the digest
+    of its uncompressed bytes, when given) checked."""
+    raw = _read(path)
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise DataError(f"{path}: SHA-256 {hashlib.sha256(raw).hexdigest()} is not the official "
+                        f"{sha256} (corrupt, or another dataset's file): reinstall or download it "
+                        "again, or pass --no-verify-data to train on your own files")
     if len(raw) < 4 or raw[0] or raw[1] or raw[2] != 0x08:
         raise DataError(f"{path} is not an uint8 IDX file (bad magic {raw[:4].hex()})")
     ndim = raw[3]
@@ -131,16 +154,28 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _idx(name: str, root: Path):
-    folder = root / name
-    found = {k: [_find(folder, s) for s in stems] for k, stems in _IDX.items()}
-    if any(p is None for ps in found.values() for p in ps):
-        names = ", ".join(s + "[.gz]" for stems in _IDX.values() for s in stems)
-        raise DataError(f"{name} not found: put {names} in {folder} (download them from "
-                        f"{_URLS[name]}), or pass --data-dir. Nothing is downloaded at run time.")
-    (xi, yi), (ti, tl) = found["train"], found["test"]
-    x, y, xt, yt = (read_idx(p) for p in (xi, yi, ti, tl))
-    ident = {"name": name, "source": str(folder), "sha256": _sha256([xi, yi, ti, tl])}
+def _idx_files(name: str, roots: list[Path]) -> list[Path]:
+    """The four IDX files of ``name`` from the first of ``roots`` that holds them all."""
+    for root in roots:
+        found = [_find(root / name, s) for stems in _IDX.values() for s in stems]
+        if all(found):
+            return found
+    names = ", ".join(s + "[.gz]" for stems in _IDX.values() for s in stems)
+    where = " or ".join(str(r / name) for r in roots)
+    package = (f"install Debian's {_PACKAGES[name]} (apt-get install {_PACKAGES[name]}), or "
+               if name in _PACKAGES else "")
+    raise DataError(f"{name} not found in {where}: {package}put {names} in {roots[0] / name} "
+                    f"(download them from {_URLS[name]}), or pass --data-dir. Nothing is "
+                    "downloaded at run time.")
+
+
+def _idx(name: str, roots: list[Path], verify: bool):
+    files = _idx_files(name, roots)
+    pinned = PINNED.get(name, {}) if verify else {}
+    stems = [s for stems in _IDX.values() for s in stems]
+    x, y, xt, yt = (read_idx(p, pinned.get(s)) for p, s in zip(files, stems))
+    ident = {"name": name, "source": str(files[0].parent), "sha256": _sha256(files),
+             "verified": bool(pinned)}
     return x[:, None], y.astype(np.int64), xt[:, None], yt.astype(np.int64), ident
 
 
@@ -186,13 +221,15 @@ def _cifar(root: Path):
 
 
 def load(name: str = "embedded", *, root=None, normalize: str | None = None,
-         limit_train: int | None = None, limit_test: int | None = None) -> Dataset:
+         limit_train: int | None = None, limit_test: int | None = None,
+         verify: bool = True) -> Dataset:
     """Load a dataset; ``normalize`` is ``"unit"`` (x/255), ``"zscore"`` (per channel, with the
-    training set's mean and SD) or ``None`` for the paper's choice (MNIST: unit, CIFAR: zscore)."""
+    training set's mean and SD) or ``None`` for the paper's choice (MNIST: unit, CIFAR: zscore).
+    ``verify=False`` skips the pinned SHA-256 check (for your own files in a dataset's folder)."""
     if name == "embedded":
         x, y, xt, yt, ident = _embedded()
     elif name in ("mnist", "fashion-mnist"):
-        x, y, xt, yt, ident = _idx(name, data_root(root))
+        x, y, xt, yt, ident = _idx(name, [data_root(root), SYSTEM_ROOT], verify)
     elif name == "cifar10":
         x, y, xt, yt, ident = _cifar(data_root(root))
     else:

@@ -13,6 +13,9 @@ name           layers                                                 data      
 ``conv7``      2x32, 32(5x5/2), 2x64, 64(5x5/2), 128(4x4), 10         MNIST         325,578
 ``conv2``      2x64, pool, 256, 256, 10 (BN, dropout)                 CIFAR-10      4.3M
 ``conv4``      2x64, pool, 2x128, pool, 256, 256, 10                  CIFAR-10      2.4M
+``mlp300``     784-300-100-10, ReLU (LeNet-300-100)                    Fashion-MNIST 266,610
+``conv2-28``   Conv2 on 28x28x1 inputs                                Fashion-MNIST 3.3M
+``conv4-28``   Conv4 on 28x28x1 inputs                                Fashion-MNIST 1.9M
 ``conv13``     VGG-like 13 conv (64..512), 512, 10                    CIFAR-10      14.9M
 ``resnet20``   Keras CIFAR ResNet v1, depth 20, 16/32/64 filters      CIFAR-10      0.27M
 ``resnet50``   the same, depth 50 (the paper's "ResNet50")             CIFAR-10      0.76M
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["build", "MODELS", "INPUT", "PERMUTE_BIAS", "ResNetV1"]
+__all__ = ["build", "MODELS", "INPUT", "PERMUTE_BIAS", "DECAY", "ResNetV1"]
 
 
 def _mlp(sizes: list[int], dropout: float = 0.0, out_bias: bool = True) -> nn.Sequential:
@@ -113,6 +116,9 @@ MODELS = {
     "conv7": conv7,
     "conv2": lambda: _vgg([[64, 64]], [256, 256]),
     "conv4": lambda: _vgg([[64, 64], [128, 128]], [256, 256]),
+    "mlp300": lambda: _mlp([784, 300, 100, 10]),
+    "conv2-28": lambda: _vgg([[64, 64]], [256, 256], in_ch=1, size=28),
+    "conv4-28": lambda: _vgg([[64, 64], [128, 128]], [256, 256], in_ch=1, size=28),
     "conv13": lambda: _vgg([[64, 64], [128, 128], [256] * 3, [512] * 3, [512] * 3], [512]),
     "resnet20": lambda: ResNetV1(20),
     "resnet50": lambda: ResNetV1(50),
@@ -120,11 +126,15 @@ MODELS = {
 
 #: Input shape (C, H, W) each model expects.
 INPUT = {"f1": (1, 28, 28), "f2": (1, 28, 28), "mlp": (1, 28, 28), "conv7": (1, 28, 28),
-         "conv2": (3, 32, 32), "conv4": (3, 32, 32), "conv13": (3, 32, 32),
+         "conv2": (3, 32, 32), "conv4": (3, 32, 32),
+         "mlp300": (1, 28, 28), "conv2-28": (1, 28, 28), "conv4-28": (1, 28, 28), "conv13": (3, 32, 32),
          "resnet20": (3, 32, 32), "resnet50": (3, 32, 32)}
 
 #: The paper's choice of permuting biases (Conv7, F1, F2 permute each bias as one vector).
 PERMUTE_BIAS = {"f1": True, "f2": True, "conv7": True}
+
+#: The paper's L2 where it is not "every weight" (``Config.decay``): F2 decays its hidden layers.
+DECAY = {"f2": "hidden"}
 
 
 def build(name: str) -> nn.Module:
