@@ -5,10 +5,9 @@ mmap) and names (tied weights, wrapper prefixes). Bytes are decided in tensors.p
 """
 from __future__ import annotations
 
-import math
+import errno
 import mmap
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 
 from . import __version__, dtypes, format as fmt, tensors as T
 from .errors import IntegrityError, PermcodecError, RuleError
-from .init import TORCH_DTYPE, canonical_name, rules_of
+from .init import ATTR, canonical_name, rule_of, rules_of as _model_rules
 from .rules import Rule
 
 TORCH_NAMES = {
@@ -32,11 +31,24 @@ FROM_NAME = {v: k for k, v in TORCH_NAMES.items()}
 
 
 # ---- tensors <-> numpy ----------------------------------------------------------------------
+def tensor_problem(t: torch.Tensor) -> str | None:
+    """What keeps ``t`` from being stored bit for bit, with the fix, or None."""
+    if t.dtype not in TORCH_NAMES:
+        return f"dtype {t.dtype} is not supported: convert the tensor to one of {', '.join(FROM_NAME)}"
+    if t.is_nested:
+        return "is a nested tensor: store its components (t.unbind()) as separate tensors"
+    if t.layout != torch.strided:
+        return f"has layout {t.layout}: convert it with .to_dense()"
+    if t.device.type == "meta":
+        return "is on the meta device and has no values: materialize the model (e.g. to_empty + load) first"
+    return None
+
+
 def to_numpy(t: torch.Tensor) -> tuple[np.ndarray, str]:
     name = TORCH_NAMES.get(t.dtype)
     if name is None:
         raise PermcodecError(f"dtype {t.dtype} is not supported: convert the tensor to one of {', '.join(FROM_NAME)}")
-    t = t.detach().cpu().contiguous()
+    t = t.detach().cpu().resolve_conj().resolve_neg().contiguous()
     storage = dtypes.storage(name)
     if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64"):
         signed = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[storage.itemsize]
@@ -60,7 +72,7 @@ def to_torch(arr: np.ndarray, dtype_name: str, device=None) -> torch.Tensor:
 def _collect(obj) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, Rule]]:
     """(tensors, aliases {name: target}, rules found on the model) from a model or state dict."""
     if isinstance(obj, torch.nn.Module):
-        rules = rules_of(obj)
+        rules = _model_rules(obj)
         state = obj.state_dict(keep_vars=True)
     elif isinstance(obj, dict):
         rules, state = {}, obj
@@ -68,12 +80,23 @@ def _collect(obj) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, Ru
         raise PermcodecError(f"save() takes a torch.nn.Module or a dict of tensors, not {type(obj).__name__}")
     tensors, aliases, seen = {}, {}, {}
     for raw_name, t in state.items():
+        problem = fmt.name_problem(raw_name)
+        if problem:
+            raise PermcodecError(f"{problem}: name every tensor with a non-empty str")
         if not isinstance(t, torch.Tensor):
             raise PermcodecError(f"state entry {raw_name!r} is a {type(t).__name__}, not a tensor: "
                                  f"put non-tensor data into metadata=")
+        problem = tensor_problem(t)
+        if problem:
+            raise PermcodecError(f"tensor {raw_name!r} {problem}")
         name = canonical_name(raw_name)
+        if not name:
+            raise PermcodecError(f"tensor {raw_name!r} has no name left after removing wrapper prefixes "
+                                 f"(_orig_mod., module.): rename it")
         if name in tensors or name in aliases:
             raise PermcodecError(f"two entries map to the name {name!r} after removing wrapper prefixes")
+        if rule_of(t) is not None:  # recorded by permcodec.init or by load (rules survive load -> save)
+            rules.setdefault(name, rule_of(t))
         key = None
         if t.numel() and t.device.type != "meta":
             key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
@@ -100,24 +123,61 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path, write) -> int:
+def check_target(path) -> str:
+    """The folder a save to ``path`` writes into; OS errors name the user's path, not a temp file."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".permcodec-", suffix=".tmp", dir=folder)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a folder: give a file path to save to", path)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, "the folder to save into does not exist: create it first", folder)
+    return folder
+
+
+SELF_CHECK_DECODE_BYTES = 16 << 20  # a save decodes its own file before the rename up to this size
+
+
+def check_written(tmp: str, path) -> None:
+    """Read back a file a save wrote to ``tmp`` (its header, and every tensor if it is small), so
+    no save replaces ``path`` with a file the reader refuses."""
+    try:
+        with File(tmp) as f:
+            if sum(T.nbytes(e) for e in f.entries.values() if e["kind"] != "alias") <= SELF_CHECK_DECODE_BYTES:
+                for name, e in f.entries.items():
+                    if e["kind"] != "alias":
+                        f.get_numpy(name, check_digest=True)
+    except PermcodecError as e:
+        raise type(e)(f"{os.fspath(path)} was not written: the file this save produced does not read back "
+                      f"({e}); the previous file is unchanged. Report this with the model") from None
+
+
+def _atomic_write(path, write, check=None) -> int:
+    """Write through ``write(f)`` to a temp file, check it (``check(tmp)``, by default
+    check_written), then rename it over ``path``."""
+    from .shards import _fsync_dir, remove_stale_temps, temp_file
+    path = os.fspath(path)
+    folder = check_target(path)
+    try:
+        fd, tmp = temp_file(folder)
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, folder) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file gets the usual mode
         with os.fdopen(fd, "wb") as f:
             size = write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        (check or (lambda t: check_written(t, path)))(tmp)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise type(e)(e.errno, e.strerror, path) from None
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
-    from .shards import _fsync_dir, remove_stale_temps
     _fsync_dir(folder)
     remove_stale_temps(folder)  # left by saves killed long ago; never read
     return size
@@ -139,7 +199,7 @@ def save(obj, path, *, rules: dict | None = None, codec: str = "auto", fast: boo
         from . import shards
         return shards.save(obj, path, max_shard_size, rules=rules, codec=codec, fast=fast, metadata=metadata,
                            zstd_level=zstd_level, on_mismatch=on_mismatch)
-    tensors, aliases, rules, codec, meta = _prepare(obj, rules, codec, fast, metadata, on_mismatch)
+    tensors, aliases, rules, codec, meta = _prepare(obj, rules, codec, fast, metadata, on_mismatch, zstd_level)
 
     def write(f):
         w = fmt.Writer(f)
@@ -156,20 +216,48 @@ def save(obj, path, *, rules: dict | None = None, codec: str = "auto", fast: boo
         return w.finish({"format": "permcodec", "created_by": f"permcodec {__version__}",
                          "metadata": meta, "tensors": entries})
 
-    return _atomic_write(path, write)
+    size = _atomic_write(path, write)
+    from .shards import retire_other_layout
+    retire_other_layout(path, [])
+    return size
 
 
-def _prepare(obj, rules, codec, fast, metadata, on_mismatch):
+def _prepare(obj, rules, codec, fast, metadata, on_mismatch, zstd_level):
     """(tensors, aliases, rules by canonical name, codec, metadata) for save, arguments checked."""
     tensors, aliases, found = _collect(obj)
-    rules = {canonical_name(k): (Rule.from_dict(v) if isinstance(v, dict) else v)
-             for k, v in {**found, **(rules or {})}.items()}
+    rules = {**found, **{canonical_name(k): v for k, v in _check_rules(rules).items()}}
     unknown = sorted(set(rules) - set(tensors) - set(aliases))
     if unknown:
         raise RuleError(f"rules name tensors that are not in the model: {', '.join(unknown[:5])}")
     if on_mismatch not in ("raise", "raw"):
         raise PermcodecError(f"on_mismatch must be 'raise' or 'raw', not {on_mismatch!r}")
-    return tensors, aliases, rules, "packed" if fast else codec, _check_metadata(metadata or {})
+    if not isinstance(zstd_level, int) or isinstance(zstd_level, bool) or not -7 <= zstd_level <= 22:
+        raise PermcodecError(f"zstd_level must be an integer in [-7, 22] (3 is the default), not {zstd_level!r}")
+    meta = {} if metadata is None else metadata
+    problem = fmt.metadata_problem(meta)
+    if problem:
+        raise PermcodecError(f"{problem} (metadata must read back exactly as saved)")
+    return tensors, aliases, rules, "packed" if fast else codec, meta
+
+
+def _check_rules(rules) -> dict:
+    """``rules`` as {name: Rule}: a dict of Rule objects or their dicts."""
+    if rules is None:
+        return {}
+    if not isinstance(rules, dict):
+        raise RuleError(f"rules must be a dict {{tensor name: Rule}}, not a {type(rules).__name__} "
+                        f"(see permcodec.init.rules_of(model))")
+    out = {}
+    for k, v in rules.items():
+        if fmt.name_problem(k):
+            raise RuleError(f"rules: {fmt.name_problem(k)}")
+        if isinstance(v, dict):
+            v = Rule.from_dict(v)
+        if not isinstance(v, Rule):
+            raise RuleError(f"rule for {k!r} is {v!r}: give a permcodec.Rule (e.g. permcodec.rules.make("
+                            f"'he_uniform', shape, seed=0, name={k!r})) or its dict")
+        out[k] = v
+    return out
 
 
 def _encode_tensor(name, t, rule, codec, on_mismatch, zstd_level) -> tuple[dict, bytes]:
@@ -199,18 +287,6 @@ def export(state_dict, rules, path, **kw) -> int:
     if not rules:
         raise RuleError("export needs rules: {tensor name: Rule}; see permcodec.init.rules_of(model)")
     return save(state_dict, path, rules=rules, **kw)
-
-
-def _check_metadata(meta):
-    import msgpack
-    try:
-        msgpack.packb(meta, use_bin_type=True, strict_types=False)
-    except Exception as e:
-        raise PermcodecError(f"metadata must be msgpack-serializable (str, int, float, bool, None, bytes, "
-                             f"lists and dicts): {e}") from None
-    if not isinstance(meta, dict):
-        raise PermcodecError("metadata must be a dict")
-    return meta
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -262,12 +338,20 @@ class File:
         return arr
 
     def get_tensor(self, name, device="cpu", check_digest: bool = False) -> torch.Tensor:
+        """The tensor ``name`` on ``device``, carrying its rule (see rule_of) if it is permuted."""
         e = self.entry(name)
-        if torch.device(device).type != "cpu":
+        device = check_device(device)
+        t = None
+        if device.type != "cpu":
             from . import gpu
             if gpu.supports(e):
-                return gpu.decode(e, self.container.section(e["section"]), device, check_digest=check_digest)
-        return to_torch(self.get_numpy(name, check_digest), e["dtype"], device)
+                t = gpu.decode(e, self.container.section(e["section"]), device, check_digest=check_digest)
+        if t is None:
+            t = to_torch(self.get_numpy(name, check_digest), e["dtype"], device)
+        return _tag(t, e)
+
+    def rules(self) -> dict[str, Rule]:
+        return rules_in(self)
 
     def close(self):
         mm, self._mm = getattr(self, "_mm", None), None
@@ -283,6 +367,30 @@ class File:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def rules_in(f) -> dict[str, Rule]:
+    """{name: Rule} of the permuted tensors (aliases included) of an open File or ShardedFile, from
+    the headers alone."""
+    return {n: Rule.from_dict(f.entry(n)["init"]) for n in f.keys() if f.entry(n)["kind"] == "permuted"}
+
+
+def _tag(t: torch.Tensor, entry: dict) -> torch.Tensor:
+    """Record a permuted tensor's rule on it (as permcodec.init does), so that saving it keeps it."""
+    if entry["kind"] == "permuted":
+        t._permcodec_rule = Rule.from_dict(entry["init"])
+    return t
+
+
+def check_device(device) -> torch.device:
+    """``device`` as a torch.device that this process can allocate on."""
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, TypeError, ValueError) as e:
+        raise PermcodecError(f"cannot load onto device {device!r} ({str(e).strip() or type(e).__name__}): "
+                             f"pick a device this machine has, e.g. 'cpu'") from None
+    return dev
 
 
 def open_file(path):
@@ -302,9 +410,12 @@ def read_header(path) -> dict:
         return h
 
 
-def load(path, device="cpu", *, check_digests: bool = False) -> dict[str, torch.Tensor]:
-    """Every tensor of ``path``, bit for bit, on ``device``; tied names share one tensor."""
+def load(path, device="cpu", *, check_digests: bool = False, rules: bool = False):
+    """Every tensor of ``path``, bit for bit, on ``device``; tied names share one tensor. Permuted
+    tensors carry their rule, so ``save(load(p), q)`` stores them as permutations again; with
+    ``rules=True`` returns (state, {name: Rule})."""
     out = {}
+    check_device(device)
     with open_file(path) as f:
         for name, e in f.entries.items():
             if e["kind"] != "alias":
@@ -312,12 +423,23 @@ def load(path, device="cpu", *, check_digests: bool = False) -> dict[str, torch.
         for name, e in f.entries.items():
             if e["kind"] == "alias":
                 out[name] = out[e["target"]]
-    return out
+        found = f.rules() if rules else None
+    return (out, found) if rules else out
+
+
+def rules_of(source) -> dict[str, Rule]:
+    """{tensor name: Rule}: of a file or sharded model at a path (header only), or recorded on a
+    model (permcodec.init.rules_of)."""
+    if isinstance(source, torch.nn.Module):
+        return _model_rules(source)
+    with open_file(source) as f:
+        return f.rules()
 
 
 def load_into(model: torch.nn.Module, path, *, strict: bool = True) -> torch.nn.Module:
-    """Copy the file's tensors into ``model`` (prefixes like ``_orig_mod.`` are matched)."""
-    state = load(path)
+    """Copy the file's tensors into ``model`` (prefixes like ``_orig_mod.`` are matched) and record
+    the file's rules on it, as permcodec.init does, so that ``save(model)`` keeps them."""
+    state, file_rules = load(path, rules=True)
     own = model.state_dict(keep_vars=True)
     by_canon = {canonical_name(k): k for k in own}
     missing = sorted(set(by_canon) - set(state))
@@ -333,6 +455,13 @@ def load_into(model: torch.nn.Module, path, *, strict: bool = True) -> torch.nn.
                     raise PermcodecError(f"{canon!r}: file has {t.dtype} {list(t.shape)}, model has "
                                          f"{target.dtype} {list(target.shape)}")
                 target.copy_(t)
+                if canon in file_rules:
+                    target._permcodec_rule = file_rules[canon]
+    from .init import _unwrap
+    inner = _unwrap(model)
+    recorded = {k: r for k, r in (getattr(inner, ATTR, None) or {}).items() if k not in state or k in file_rules}
+    recorded.update({k: r for k, r in file_rules.items() if k in by_canon})
+    object.__setattr__(inner, ATTR, recorded)
     return model
 
 

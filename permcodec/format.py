@@ -179,6 +179,55 @@ class Container:
         return view
 
 
+MAX_DEPTH = 128  # nesting of metadata maps and lists; the writer and the reader refuse deeper
+INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # what msgpack's int family holds
+
+
+def name_problem(name) -> str | None:
+    """What makes ``name`` unusable as a tensor name (writer and reader), or None."""
+    if not isinstance(name, str):
+        return f"tensor name {name!r} is a {type(name).__name__}, not a str"
+    if not name:
+        return "a tensor name is empty"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"tensor name {name!r} is not valid Unicode (it holds a lone surrogate)"
+    return None
+
+
+def metadata_problem(meta, reading: bool = False) -> str | None:
+    """What makes ``meta`` unusable as header metadata (SPEC §3.1), or None. The writer accepts
+    exactly what the reader returns (and tuples, read back as lists); a reader also accepts bin keys."""
+    if not isinstance(meta, dict):
+        return f"metadata must be a dict, not {type(meta).__name__}"
+    stack = [(meta, "metadata", 0)]
+    while stack:
+        v, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"{where} is nested more than {MAX_DEPTH} levels deep"
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if not isinstance(k, str) and not (reading and isinstance(k, bytes)):
+                    return f"{where} has the key {k!r} ({type(k).__name__}): map keys must be str"
+                stack.append((k, f"{where} key", depth + 1))
+                stack.append((item, f"{where}[{k!r}]", depth + 1))
+        elif isinstance(v, (list, tuple)):
+            stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(v))
+        elif isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{where} holds a string that is not valid Unicode (a lone surrogate): {v!r}"
+        elif isinstance(v, int):  # bool included
+            if not INT_RANGE[0] <= v <= INT_RANGE[1]:
+                return f"{where} = {v} is outside msgpack's integers [-2^63, 2^64)"
+        elif v is not None and not isinstance(v, (float, bytes)):
+            return (f"{where} is a {type(v).__name__}: metadata holds str, int, float, bool, None, bytes, "
+                    f"lists and dicts with str keys")
+    return None
+
+
 def validate_header(h) -> dict:
     """Check the header's schema; returns it. Everything a decoder trusts is checked here."""
     from .rules import Rule  # numpy only
@@ -194,9 +243,9 @@ def validate_header(h) -> dict:
         _int(s.get("length"), f"section {i} length")
         if not isinstance(s.get("sha256"), bytes) or len(s["sha256"]) != 32:
             _fail(f"section {i} sha256 must be 32 bytes")
-    meta = h.get("metadata", {})
-    if not isinstance(meta, dict):
-        _fail("header 'metadata' must be a map")
+    problem = metadata_problem(h.get("metadata", {}), reading=True)
+    if problem:
+        _fail(f"header {problem}")
     tensors = h.get("tensors")
     if not isinstance(tensors, list) or len(tensors) > MAX_TENSORS:
         _fail("header has no 'tensors' list (or more than 2^20 entries)")
@@ -206,8 +255,9 @@ def validate_header(h) -> dict:
         if not isinstance(t, dict):
             _fail(f"tensor entry {i} is not a map")
         name = t.get("name")
-        if not isinstance(name, str) or not name or name in names:
-            _fail(f"tensor entry {i} has a missing or duplicate name {name!r}")
+        problem = name_problem(name)
+        if problem or name in names:
+            _fail(f"tensor entry {i}: {problem or f'duplicate name {name!r}'}")
         names[name] = t
         shape = t.get("shape")
         if not isinstance(shape, list) or len(shape) > MAX_NDIM:

@@ -153,3 +153,8 @@ def decode(entry: dict, payload) -> np.ndarray:
     if entry["kind"] == "raw":
         return decode_raw(entry, payload)
     return decode_permuted(entry, payload)
+
+
+def nbytes(entry: dict) -> int:
+    """Decoded bytes of a header entry (shape × itemsize)."""
+    return math.prod(entry["shape"]) * dtypes.itemsize(entry["dtype"])
