@@ -13,7 +13,7 @@ is first used (``permcodec.save``, ``permcodec.init``, ...), so tools that only 
 import importlib
 
 from .errors import (FormatError, IntegrityError, NotAPermutationError, PermcodecError, RuleError,
-                     VersionError)
+                     TensorNotFoundError, VersionError)
 
 __version__ = "0.1.0"
 
@@ -22,13 +22,15 @@ _LAZY = {
     "save": ("api", "save"), "load": ("api", "load"), "load_into": ("api", "load_into"),
     "read_header": ("api", "read_header"), "open": ("api", "open_file"), "export": ("api", "export"),
     "verify": ("api", "verify"), "File": ("api", "File"), "Rule": ("rules", "Rule"),
+    "save_file": ("safe", "save_file"), "load_file": ("safe", "load_file"), "safe_open": ("safe", "safe_open"),
 }
-_SUBMODULES = {"api", "cli", "codecs", "dtypes", "format", "gpu", "init", "integrations", "perm", "philox",
-               "rules", "shards", "tensors", "values"}
+_SUBMODULES = {"api", "cli", "codecs", "dtypes", "format", "gpu", "init", "integrations", "into", "paths", "perm",
+               "philox", "progress", "reader", "rules", "rulespec", "safe", "shards", "tensors", "values"}
 
 __all__ = ["save", "load", "load_into", "read_header", "open", "export", "verify", "init", "Rule", "File",
+           "save_file", "load_file", "safe_open",
            "PermcodecError", "FormatError", "IntegrityError", "VersionError", "NotAPermutationError",
-           "RuleError", "__version__"]
+           "RuleError", "TensorNotFoundError", "__version__"]
 
 
 def __getattr__(name):

@@ -17,8 +17,15 @@ from .errors import FormatError, PermcodecError
 
 
 def _open(path):
-    from .api import open_file
-    return open_file(path)
+    """A reader of ``path``, without torch for a single file or bytes; a sharded save is read
+    through the torch adapter (shards.py opens its shards as permcodec.File)."""
+    from . import paths, shards
+    from .reader import File
+    target = paths.load_target(path)
+    if shards.is_index(target):
+        from .api import open_file
+        return open_file(target)
+    return File(target)
 
 
 def _files(f) -> list:
@@ -27,7 +34,7 @@ def _files(f) -> list:
 
 
 def _file_bytes(f) -> int:
-    return getattr(f, "file_bytes", None) or os.path.getsize(f.path)
+    return getattr(f, "file_bytes", None) or len(f.container.buf)
 
 
 def _rule_text(init: dict) -> str:
@@ -105,10 +112,10 @@ def _info(args) -> int:
 
 
 def _verify(args) -> int:
-    from .api import verify
-    rep = verify(args.path)
-    print(f"OK {args.path}: {rep.tensors} tensors ({rep.permuted} permuted), {rep.weights:,} elements, "
-          f"every digest matches")
+    from .reader import check
+    with _open(args.path) as f:
+        tensors, weights, permuted = check(f)
+    print(f"OK {args.path}: {tensors} tensors ({permuted} permuted), {weights:,} elements, every digest matches")
     return 0
 
 
@@ -153,10 +160,9 @@ def _diff(args) -> int:
 def _export(args) -> int:
     from safetensors.torch import load_file
     from . import api
-    from .rules import Rule
     state = load_file(args.checkpoint)
     with open(args.rules) as fh:
-        rules = {k: Rule.from_dict(v) for k, v in json.load(fh).items()}
+        rules = json.load(fh)  # full or short rules: api.export takes both (rulespec.py)
     size = api.export(state, rules, args.output, codec=args.codec)
     print(f"wrote {args.output}: {size:,} bytes")
     return 0

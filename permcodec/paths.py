@@ -1,6 +1,6 @@
 """Folders as save and load targets, as Hugging Face users pass them: ``save(model, "out/")``
-writes ``out/model.perm`` (or its shards and ``out/model.perm.index.json``), ``load("out/")``
-reads whichever of the two the folder holds."""
+writes ``out/model.perm`` (or its shards and ``out/model.perm.index.json``), ``load("out")`` and
+``load("out/")`` read whichever of the two the folder holds."""
 from __future__ import annotations
 
 import errno
@@ -11,10 +11,11 @@ INDEX_NAME = WEIGHTS_NAME + ".index.json"
 
 
 def save_target(path) -> str:
-    """The file a save to ``path`` writes: ``path/model.perm`` for a folder (created when the path
-    ends with a separator), else ``path``."""
+    """The file a save to ``path`` writes: ``path/model.perm`` when ``path`` ends with a separator
+    (the folder is created), else ``path``. Saving to an existing folder named without the
+    separator is refused by the save, so that a typo never writes somewhere unexpected."""
     path = os.fspath(path)
-    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+    if path.endswith(("/", os.sep)):
         os.makedirs(path, exist_ok=True)
         return os.path.join(path, WEIGHTS_NAME)
     return path

@@ -6,6 +6,7 @@ framework="np")`` hands out numpy arrays from it.
 """
 from __future__ import annotations
 
+import io
 import mmap
 import os
 
@@ -28,11 +29,11 @@ def _buffer(source):
     if isinstance(source, (bytes, bytearray, memoryview)):
         return source, None, "<bytes>"
     if hasattr(source, "read"):
-        data = source.read()
+        name = str(getattr(source, "name", "<file object>"))
+        data = None if isinstance(source, io.TextIOBase) else source.read()
         if not isinstance(data, (bytes, bytearray)):
-            raise PermcodecError(f"{getattr(source, 'name', 'the file object')} is opened in text mode: "
-                                 f"open it with 'rb'")
-        return data, None, str(getattr(source, "name", "<file object>"))
+            raise PermcodecError(f"{name} is opened in text mode: open it with 'rb'")
+        return data, None, name
     path = os.fspath(source)
     with open(path, "rb") as fh:
         if os.fstat(fh.fileno()).st_size == 0:
@@ -102,3 +103,17 @@ def _some(names, shown: int = 5) -> str:
     names = list(names)
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return (", ".join(map(repr, names[:shown])) or "no tensors") + more
+
+
+def check(f, each=None) -> tuple[int, int, int]:
+    """Decode every tensor of ``f`` (a File or ShardedFile) and check its digest; ``each(name,
+    array)`` sees every decoded array. Returns (tensors, elements, permuted tensors)."""
+    tensors = weights = permuted = 0
+    for name, e in f.entries.items():
+        arr = f.get_numpy(name, check_digest=True)
+        tensors += 1
+        weights += arr.size if e["kind"] != "alias" else 0
+        permuted += e["kind"] == "permuted"
+        if each is not None:
+            each(name, arr)
+    return tensors, weights, permuted

@@ -153,3 +153,20 @@ def test_closed_pipe_exits_quietly(tmp_path):
     res = subprocess.run(f'"{sys.executable}" -m permcodec info "{path}" --json | head -c 10', shell=True,
                          capture_output=True, text=True)
     assert res.stdout == '{\n "tensors'[:10] and res.stderr == ""
+
+
+def test_info_and_verify_do_not_import_torch(perm_file, tmp_path):
+    path, _ = perm_file
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "model.perm").write_bytes(path.read_bytes())
+    code = ("import sys, io, contextlib\nfrom permcodec.cli import main\n"
+            f"for argv in (['info', {str(path)!r}], ['info', {str(path)!r}, '--json'], ['verify', {str(path)!r}], "
+            f"['info', {str(folder)!r}, '--fast']):\n"
+            "    out = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out):\n"
+            "        assert main(argv) == 0, argv\n"
+            "    assert out.getvalue(), argv\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

@@ -14,24 +14,11 @@ is huggingface_hub's own. Saving inside ``LaPerm.synced_view()`` is the caller's
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from huggingface_hub import PyTorchModelHubMixin, snapshot_download
 
-WEIGHTS_NAME = "model.perm"
-INDEX_NAME = WEIGHTS_NAME + ".index.json"
-_OURS = re.compile(r"model(-\d{5}-of-\d{5})?\.perm(\.index\.json)?")
-
-
-def _stamps(folder: Path) -> dict:
-    """(inode, mtime) of the permcodec files in ``folder``: a save replaces the files it writes."""
-    out = {}
-    for name in os.listdir(folder):
-        if _OURS.fullmatch(name):
-            st = os.stat(folder / name)
-            out[name] = (st.st_ino, st.st_mtime_ns)
-    return out
+from ..paths import INDEX_NAME, WEIGHTS_NAME
 
 
 class PermcodecModelHubMixin(PyTorchModelHubMixin):
@@ -46,12 +33,8 @@ class PermcodecModelHubMixin(PyTorchModelHubMixin):
     def _save_pretrained(self, save_directory: Path) -> None:
         from ..api import save
         model = self.module if hasattr(self, "module") else self
-        before = _stamps(save_directory)
+        # the save removes an earlier save's other layout (single file, or shards and index)
         save(model, save_directory / WEIGHTS_NAME, max_shard_size=self.permcodec_max_shard_size)
-        after = _stamps(save_directory)
-        for name, stamp in before.items():  # left by an earlier save with another shard count
-            if after.get(name) == stamp:
-                os.unlink(save_directory / name)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision, cache_dir, force_download, local_files_only, token,
@@ -61,7 +44,7 @@ class PermcodecModelHubMixin(PyTorchModelHubMixin):
         folder = model_id if os.path.isdir(model_id) else snapshot_download(
             repo_id=model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
             token=token, local_files_only=local_files_only, allow_patterns=["model*.perm", INDEX_NAME])
-        load_into(model, os.path.join(folder, WEIGHTS_NAME), strict=strict)
+        load_into(model, folder, strict=strict)
         model.to(map_location)
         model.eval()
         return model
