@@ -24,7 +24,7 @@ def save_target(path) -> str:
 def load_target(path) -> str:
     """The file (or shard index) to read for ``path``: a folder's ``model.perm`` or its index."""
     path = os.fspath(path)
-    if not os.path.isdir(path):
+    if not os.path.isdir(path) or path.endswith(".index.json"):  # a folder named as an index is refused later
         return path
     for name in (WEIGHTS_NAME, INDEX_NAME):
         if os.path.exists(os.path.join(path, name)):
