@@ -52,8 +52,6 @@ def _json_default(value):
 
 def _tensor_rows(f, fast: bool) -> tuple[list[dict], dict]:
     """One dict per tensor (numbers as numbers) and the totals."""
-    from .perm import info_bits
-    from . import tensors as T
     rows = []
     tot = {"weights": 0, "bits": 0, "fp32_bits": 0, "permuted_weights": 0, "limit_bits": None if fast else 0.0}
     for sf in _files(f):
@@ -74,6 +72,8 @@ def _tensor_rows(f, fast: bool) -> tuple[list[dict], dict]:
                 row["rule"] = e["init"]
                 tot["permuted_weights"] += n
                 if not fast:
+                    from . import tensors as T  # regenerates values: the codecs are not needed for --fast
+                    from .perm import info_bits
                     limit = info_bits(T.initial_rows(e))
                     row["limit_bits_per_weight"] = limit / n
                     tot["limit_bits"] += limit

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from . import format as fmt, tensors as T
+from . import format as fmt
 from .errors import IntegrityError, PermcodecError, TensorNotFoundError
 
 
@@ -76,6 +76,7 @@ class File:
         return self.entries[e["target"]] if e["kind"] == "alias" else e
 
     def get_numpy(self, name, check_digest: bool = False) -> np.ndarray:
+        from . import tensors as T  # the codecs: imported on the first decode, not to read a header
         e = self.entry(name)
         arr = T.decode(e, self.container.section(e["section"]))
         if check_digest and T.digest(arr) != e["digest"]:

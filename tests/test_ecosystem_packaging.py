@@ -77,3 +77,9 @@ def test_unknown_attribute_is_an_attribute_error():
     import permcodec
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         permcodec.nope
+
+
+def test_every_subpackage_is_installed():
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "permcodec").rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
