@@ -143,3 +143,48 @@ def decode_all(buf) -> int:
 
 def numpy_bytes(arr) -> bytes:
     return np.ascontiguousarray(arr).tobytes()
+
+
+# ---- sharded saves and their index ---------------------------------------------------------------
+SHARD_LIMIT = 900  # bytes: the small state of _state() in several shards
+
+
+def sharded_save(folder: str, seed_shift: int = 0) -> dict[str, bytes]:
+    """Save _state() (each float tensor shifted by ``seed_shift`` rows, so two saves differ) in
+    shards into ``folder`` as model.perm; returns {name: tensor bytes} of what was saved."""
+    import torch
+
+    import permcodec
+    state, rules = _state()
+    if seed_shift:
+        state = {k: (torch.roll(v, seed_shift, dims=-1) if v.dim() and k in rules else v) for k, v in state.items()}
+        state["tied"] = state["fc.weight"]
+    permcodec.save(state, os.path.join(folder, "model.perm"), rules=rules, max_shard_size=SHARD_LIMIT)
+    return {k: _tensor_bytes(v) for k, v in state.items()}
+
+
+def _tensor_bytes(t) -> bytes:
+    import permcodec
+    return permcodec.api._bits(t).numpy().tobytes() + repr((t.dtype, tuple(t.shape))).encode()
+
+
+def read_sharded(path) -> dict[str, bytes]:
+    """{name: tensor bytes} of the sharded model at ``path`` as load and verify read it; raises
+    PermcodecError on any bad index or shard."""
+    import permcodec
+    permcodec.verify(path)
+    return {k: _tensor_bytes(v) for k, v in permcodec.load(path).items()}
+
+
+def index_oracle(path, expected: dict[str, bytes]) -> str:
+    """'ok' if the model at ``path`` reads back exactly as ``expected``, 'error' on PermcodecError;
+    a model that reads back different from the one saved (silent loss) is an AssertionError."""
+    from permcodec.errors import PermcodecError
+    try:
+        got = read_sharded(path)
+    except PermcodecError:
+        return "error"
+    if got != expected:
+        raise AssertionError(f"a damaged index or shard set read back as a different model: "
+                             f"{sorted(set(got) ^ set(expected))[:5] or 'values differ'}")
+    return "ok"

@@ -179,7 +179,7 @@ class Container:
         return view
 
 
-MAX_DEPTH = 128  # nesting of metadata maps and lists; the writer and the reader refuse deeper
+MAX_DEPTH = 500  # nesting of metadata maps and lists (msgpack packs at most 511); both sides refuse deeper
 INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # what msgpack's int family holds
 
 

@@ -24,7 +24,7 @@ import math
 import numpy as np
 import torch
 
-from . import philox as _px
+from . import codecs, philox as _px
 from . import values as _v
 from .codecs import packed as _packed
 from .errors import FormatError, IntegrityError, RuleError
@@ -417,13 +417,6 @@ def plain_chunk(data, rows_total, n, r0, r1):
     return perm
 
 
-def _plain_check(payload, rows, n):
-    from .codecs import plain
-    need = (rows * n * plain.width(n) + 7) // 8
-    if len(payload) != need:
-        raise FormatError(f"plain payload is {len(payload)} bytes, {need} expected for {rows}x{n}")
-
-
 # ---- tensors ---------------------------------------------------------------------------------
 def decode(entry: dict, payload, device, check_digest: bool = False, backend: str = "auto") -> torch.Tensor:
     """Rebuild the permuted tensor ``entry`` on ``device`` from its codec ``payload``, ``CHUNK``
@@ -437,6 +430,9 @@ def decode(entry: dict, payload, device, check_digest: bool = False, backend: st
         raise FormatError(f"tensor {entry['name']!r}: packed rows hold at most {_packed.MAX_N} weights, not {n}")
     rule = Rule.from_dict(entry["init"])
     dtype, name, params = entry["dtype"], entry["codec"]["name"], entry["codec"]
+    check = getattr(codecs.get(name), "check_payload", None)  # the codec's one validator, as on the CPU
+    if check is not None:
+        check(params, payload, rows, n)
     step = max(1, CHUNK // max(n, 1))
     gen = lambda r0, r1: generate(rule, (r1 - r0) * n, dtype, device, r0 * n, backend).view(r1 - r0, n)
     if name == "packed":
@@ -444,7 +440,6 @@ def decode(entry: dict, payload, device, check_digest: bool = False, backend: st
         data = _units(payload, device)
         perm_of = lambda v, r0, r1: packed_chunk(params, data, plan, v, r0, backend)
     else:
-        _plain_check(payload, rows, n)
         data = torch.from_numpy(np.frombuffer(payload, np.uint8).copy()).to(device).to(torch.int64)
         perm_of = lambda v, r0, r1: plain_chunk(data, rows, n, r0, r1)
     out = torch.empty((rows, n), dtype=TORCH[dtype], device=device)

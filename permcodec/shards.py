@@ -147,25 +147,18 @@ def remove_stale_temps(folder: str, older_than: float = STALE_SECONDS) -> list[s
 
 def retire_other_layout(path, kept: list[str]) -> None:
     """After a durable save to ``path``, remove what an earlier save under that name left in the
-    other layout: the index (first, so no reader follows it) and shards not in ``kept`` (file names),
-    and the single file when ``kept`` are shards."""
+    other layout: the index (first, so no reader follows it) and shards not in ``kept`` (file
+    names), or the single file when ``kept`` are shards. Only files named as this writer names
+    shards of ``path`` are removed, whatever an old index lists."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     stem, ext = os.path.splitext(os.path.basename(path))
     pattern = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}" + re.escape(ext))
-    old = set()
-    if not kept:
-        try:
-            old = set(read_index(path)["weight_map"].values())
-        except (PermcodecError, OSError):
-            pass
-        _unlink(index_path(path))
-    else:
-        _unlink(path)
+    _unlink(index_path(path) if not kept else path)
     try:
-        old |= {n for n in os.listdir(folder) if pattern.fullmatch(n)}
+        old = {n for n in os.listdir(folder) if pattern.fullmatch(n)}
     except OSError:
-        pass
+        old = set()
     for name in sorted(old - set(kept) - {os.path.basename(path)}):
         _unlink(os.path.join(folder, name))
     _fsync_dir(folder)
@@ -438,7 +431,7 @@ class ShardedFile:
 
     @property
     def file_bytes(self) -> int:
-        return sum(os.path.getsize(os.path.join(self.folder, s)) for s in self.shards) + os.path.getsize(self.path)
+        return sum(len(self.shard(s).container.buf) for s in self.shards) + os.path.getsize(self.path)
 
     def keys(self):
         return list(self.weight_map)

@@ -2,11 +2,18 @@
 
 The torch adapter (api.py) hands numpy arrays in and gets numpy arrays back; everything that
 decides bytes lives here, so the format can be read with numpy alone.
+
+Before a permuted tensor's values are generated, the working memory its decode will take (the
+values, and the codec's ``working_bytes``, or a conservative formula for a codec without one) is
+checked against :func:`working_budget`: WORK_FACTOR times the decoded size, plus O(row) scratch
+per decoding thread. A small hostile file cannot make a decode allocate more than that; a valid
+file that does not fit in memory raises MemoryError saying so, never a corruption error.
 """
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 
 import numpy as np
 import zstandard
@@ -63,7 +70,20 @@ def _frame_size(payload) -> tuple[int, int]:
             return pos + 4 * zstandard.get_frame_parameters(payload).has_checksum, most
 
 
+def _out_of_memory(entry: dict) -> MemoryError:
+    return MemoryError(f"out of memory decoding tensor {entry['name']!r} ({entry['dtype']} {entry['shape']}, "
+                       f"{nbytes(entry)} bytes): the file is valid as far as read; free memory, or read "
+                       f"tensors one at a time with permcodec.open")
+
+
 def decode_raw(entry: dict, payload) -> np.ndarray:
+    try:
+        return _decode_raw(entry, payload)
+    except MemoryError:
+        raise _out_of_memory(entry) from None
+
+
+def _decode_raw(entry: dict, payload) -> np.ndarray:
     dt = dtypes.storage(entry["dtype"])
     shape = tuple(entry["shape"])
     nbytes = math.prod(shape) * dt.itemsize
@@ -121,22 +141,73 @@ def encode_permuted(arr: np.ndarray, rule: Rule, dtype: str, name: str, codec: s
     return best
 
 
+# ---- working memory ------------------------------------------------------------------------
+WORK_FACTOR = 16         # a decode may take this many times the tensor's decoded bytes ...
+ROW_SCRATCH = 64         # ... plus this many bytes per weight of a row, per decoding thread ...
+FIXED_SCRATCH = 64 << 20  # ... plus this much (tables, the interpreter's own growth)
+
+
+def decode_threads(rows: int) -> int:
+    """Threads a decode of ``rows`` rows may use (the compiled core's count, else the CPUs)."""
+    try:
+        from . import _core
+        threads = _core.num_threads()
+    except (ImportError, AttributeError):
+        threads = os.cpu_count() or 1
+    return max(1, min(threads, rows))
+
+
+def working_budget(rows: int, n: int, itemsize: int) -> int:
+    """The most working memory a permuted (rows, n) tensor's decode may take."""
+    return WORK_FACTOR * rows * n * itemsize + decode_threads(rows) * ROW_SCRATCH * (n + 1) + FIXED_SCRATCH
+
+
+def working_need(module, params: dict, rows: int, n: int, itemsize: int) -> int:
+    """Bytes a decode by codec ``module`` will take: the initial values, and what the codec says
+    (``working_bytes``) or, without it, the permutation (int64) and check_apply's output."""
+    values = rows * n * itemsize
+    bound = getattr(module, "working_bytes", None)
+    if bound is None:
+        return values + rows * n * (8 + itemsize) + 16 * rows
+    need = values + int(bound(params, rows, n, itemsize))
+    if getattr(module, "decode_values", None) is None:  # decode's int64 permutation, then check_apply
+        need += rows * n * (8 + itemsize)
+    return need
+
+
+def check_working_memory(entry: dict, module) -> None:
+    """Refuse a permuted tensor whose decode would take more than working_budget, before anything
+    is allocated (FormatError: a valid file never asks for it)."""
+    rows, n = _perm.as_rows(entry["shape"])
+    itemsize = dtypes.itemsize(entry["dtype"])
+    need, budget = working_need(module, entry["codec"], rows, n, itemsize), working_budget(rows, n, itemsize)
+    if need > budget:
+        raise FormatError(f"tensor {entry['name']!r}: decoding {rows} x {n} weights with codec {module.NAME!r} "
+                          f"would take {need} bytes of working memory, more than the {budget} this reader allows "
+                          f"({WORK_FACTOR} x the decoded size + O(row) per thread): hostile or corrupt")
+
+
 def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> np.ndarray:
     module = codecs.get(entry["codec"]["name"])
     check = getattr(module, "check_payload", None)  # optional: reject a payload before generating values
     try:
         if check is not None:
             check(entry["codec"], payload, *_perm.as_rows(entry["shape"]))
+        check_working_memory(entry, module)
     except PermcodecError:
         raise
+    except MemoryError:
+        raise _out_of_memory(entry) from None
     except Exception as e:
         raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} rejects the payload: {e!r}") from None
-    v = initial_rows(entry) if values is None else values
     fused = getattr(module, "decode_values", None)  # decode + check_apply in one pass (fast codecs)
     try:
+        v = initial_rows(entry) if values is None else values
         p = (fused or module.decode)(entry["codec"], payload, v)
     except PermcodecError:
         raise
+    except MemoryError:
+        raise _out_of_memory(entry) from None
     except Exception as e:  # a codec must not crash on hostile bytes; report it as corrupt
         raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} failed on the payload: {e!r}") from None
     if fused is not None:
@@ -146,7 +217,10 @@ def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> n
     if not isinstance(p, np.ndarray) or p.shape != v.shape or p.dtype.kind not in "iu":
         raise FormatError(f"tensor {entry['name']!r}: codec returned {getattr(p, 'shape', p)!r}, expected {v.shape}")
     # whatever the codec does, its output must be a permutation
-    return _perm.check_apply(v, p, f"permutation of {entry['name']!r} (codec {module.NAME!r})").reshape(entry["shape"])
+    try:
+        return _perm.check_apply(v, p, f"permutation of {entry['name']!r} (codec {module.NAME!r})").reshape(entry["shape"])
+    except MemoryError:
+        raise _out_of_memory(entry) from None
 
 
 def decode(entry: dict, payload) -> np.ndarray:

@@ -357,3 +357,136 @@ def test_every_single_byte_change_is_detected(tmp_path, source):
                 missed.append((pos, mask))
     assert not missed, f"undetected changes: {missed[:10]}"
 
+
+
+# ---- hostile index files: never a silently different model (issue 10) ------------------------------
+@pytest.fixture(scope="module")
+def two_saves(tmp_path_factory):
+    """Two different sharded saves of the same names, as (folder, {name: bytes})."""
+    a, b = tmp_path_factory.mktemp("save_a"), tmp_path_factory.mktemp("save_b")
+    return (a, kit.sharded_save(str(a))), (b, kit.sharded_save(str(b), 1))
+
+
+INDEX = "model.perm.index.json"
+index_values = st.one_of(values, st.sampled_from(["model-00001-of-00003.perm", "model-00002-of-00003.perm",
+                                                  "model-00003-of-00003.perm", "model-00009-of-00009.perm",
+                                                  "..", "/etc/passwd", "sub/x.perm", ""]))
+
+
+def _index_edit(index, shards_, data):
+    """One hostile edit of a parsed index (or of the shard files beside it, through ``shards_``)."""
+    if not isinstance(index, dict):
+        return data.draw(values)
+    wm = index.get("weight_map")
+    op = data.draw(st.sampled_from(["drop", "rename", "repoint", "field", "no-block", "no-meta", "listing",
+                                    "swap-shard", "drop-shard", "junk"]))
+    if op in ("drop", "rename", "repoint") and isinstance(wm, dict) and wm:
+        key = data.draw(st.sampled_from(sorted(wm)))
+        if op == "drop":
+            del wm[key]
+        elif op == "rename":
+            wm[key + data.draw(st.sampled_from(["_", ".x", " "]))] = wm.pop(key)
+        else:
+            wm[key] = data.draw(index_values)
+    elif op == "field":
+        paths = [p for p in leaves(index) if p]
+        if paths:
+            assign(index, data.draw(st.sampled_from(paths)), data.draw(st.one_of(index_values, st.just(DELETE))))
+    elif op == "no-block" and isinstance(index.get("metadata"), dict):
+        index["metadata"].pop("permcodec", None)
+    elif op == "no-meta":
+        index.pop("metadata", None)
+    elif op == "listing" and isinstance(index.get("metadata"), dict):
+        block = index["metadata"].get("permcodec")
+        listed = block.get("shards") if isinstance(block, dict) else None
+        if isinstance(listed, dict) and listed and all(isinstance(v, dict) for v in listed.values()):
+            name = data.draw(st.sampled_from(sorted(listed)))
+            listed[name] = data.draw(st.sampled_from([{}, {"bytes": 1}, dict(listed[name], trailer_sha256="0" * 64)]))
+    elif op in ("swap-shard", "drop-shard"):
+        shards_.append((op, data.draw(st.integers(0, 2))))
+    else:
+        return data.draw(values)
+    return index
+
+
+@settings(max_examples=200 if DEEP else 40, deadline=None)
+@given(data=st.data())
+def test_hostile_index_never_loads_a_different_model(two_saves, data):
+    import json
+    import shutil
+    import tempfile
+    (a, expected), (b, _) = two_saves
+    with tempfile.TemporaryDirectory() as d:
+        folder = pathlib.Path(d) / "m"
+        shutil.copytree(a, folder)
+        index, shard_ops = json.loads((folder / INDEX).read_text()), []
+        for _ in range(data.draw(st.integers(1, 3))):
+            index = _index_edit(index, shard_ops, data)
+        (folder / INDEX).write_text(json.dumps(index, default=repr))
+        names = sorted(f.name for f in folder.glob("model-*.perm"))
+        for op, i in shard_ops:
+            name = names[i % len(names)]
+            if op == "drop-shard":
+                (folder / name).unlink(missing_ok=True)
+            elif (b / name).exists():
+                shutil.copy(b / name, folder / name)
+        t = time.perf_counter()
+        for path in (folder / "model.perm", folder / INDEX):
+            assert kit.index_oracle(path, expected) in ("ok", "error")
+        assert time.perf_counter() - t < SECONDS
+
+
+def test_a_shard_of_another_save_is_refused_whatever_the_index_says(two_saves, tmp_path):
+    import json
+    import shutil
+    (a, expected), (b, _) = two_saves
+    shutil.copytree(a, tmp_path / "m")
+    index = json.loads((tmp_path / "m" / INDEX).read_text())
+    del index["metadata"]["permcodec"]
+    (tmp_path / "m" / INDEX).write_text(json.dumps(index))
+    assert kit.index_oracle(tmp_path / "m" / "model.perm", expected) == "ok"
+    for name in sorted(set(index["weight_map"].values())):
+        shutil.copy(b / name, tmp_path / "m" / name)
+        assert kit.index_oracle(tmp_path / "m" / "model.perm", expected) == "error", name
+        shutil.copy(a / name, tmp_path / "m" / name)
+
+
+# ---- memory bombs: a small file declaring a big permuted tensor (issue 10) -------------------------
+def _codec_params():
+    out = {}
+    for name in NAMES:
+        header, _ = kit.split(FILES[name])
+        for t in header["tensors"]:
+            if t["kind"] == "permuted":
+                out.setdefault(t["codec"]["name"], []).append(t["codec"])
+    return out
+
+
+PARAMS = _codec_params()
+BOMB_ELEMENTS = 1 << (24 if DEEP else 20)
+
+
+@settings(max_examples=60 if DEEP else 15, deadline=None)
+@given(data=st.data(), rows_log=st.integers(0, 24), dtype=st.sampled_from(["float16", "float32", "bfloat16"]),
+       family=st.sampled_from(["constant", "uniform"]), payload=st.binary(max_size=96))
+def test_memory_bombs_stay_within_the_working_budget(data, rows_log, dtype, family, payload):
+    from permcodec import tensors as T
+    codec = data.draw(st.sampled_from(sorted(PARAMS)))
+    params = copy.deepcopy(data.draw(st.sampled_from(PARAMS[codec])))
+    if data.draw(st.booleans()):  # a hostile parameter
+        key = data.draw(st.sampled_from(sorted(params)))
+        params[key] = data.draw(st.one_of(scalars, st.sampled_from([1 << 20, 1 << 30, 1 << 40])))
+    rows = 1 << min(rows_log, 20)
+    n = max(1, BOMB_ELEMENTS // rows)
+    rule = {"dist": family, "scale": 0.5, "seed": 1, "stream": 3}
+    entry = {"name": "w", "shape": [rows, n], "dtype": dtype, "kind": "permuted", "layout": "rows", "init": rule,
+             "codec": params, "digest": bytes(32), "section": 0}
+    buf = kit.build({"format": "permcodec", "metadata": {}, "tensors": [entry]}, [payload])
+    itemsize = {"float16": 2, "float32": 4, "bfloat16": 2}[dtype]
+    tracemalloc.start()
+    try:
+        read(buf)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= T.working_budget(rows, n, itemsize), f"peak {peak / MB:.1f} MiB"

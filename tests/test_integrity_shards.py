@@ -244,3 +244,12 @@ def test_a_long_sharded_save_keeps_its_temp_shards_while_another_save_cleans_up(
     monkeypatch.setattr(shards._Shard, "add", add)
     permcodec.save(state, tmp_path / "model.perm", max_shard_size=2000)
     assert same(permcodec.load(tmp_path / "model.perm"), state)
+
+
+def test_layout_cleanup_removes_only_files_named_as_shards(tmp_path):
+    """A hand-written index listing other files: a save under its name removes the index, not them."""
+    (tmp_path / "notes.perm").write_bytes(b"keep me")
+    (tmp_path / "model.perm.index.json").write_text(json.dumps({"weight_map": {"w": "notes.perm"}}))
+    permcodec.save(state_of(1), tmp_path / "model.perm")
+    assert (tmp_path / "notes.perm").read_bytes() == b"keep me"
+    assert perm_files(tmp_path) == ["model.perm", "notes.perm"]

@@ -169,8 +169,22 @@ class LaPerm(torch.optim.Optimizer):
             g["laperm_roles"] = [roles.get(self.names.get(p, ""), FREE) for p in g["params"]]
             g["laperm_digests"] = [_digest(self._sorted[p]) if p in self._sorted else 0
                                    for p in g["params"]]
+        # registered as defaults (as timm's Lookahead does), so a group added later gets every key
+        base_optimizer.defaults.update(laperm_step=0, laperm_last_sync=0, laperm_syncs=0,
+                                       laperm_k_schedule=sched, laperm_roles=[], laperm_digests=[])
         self.sync_seconds = 0.0  # wall time spent in sync() by this object (not saved)
         self._link()
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group to the base optimizer; its parameters are trained freely (not permuted),
+        and it joins the wrapper's step counters where they stand."""
+        self.base.add_param_group(param_group)
+        g, first = self.base.param_groups[-1], self.base.param_groups[0]
+        for key in ("laperm_step", "laperm_last_sync", "laperm_syncs"):
+            g[key] = first[key]
+        g["laperm_k_schedule"] = [list(x) for x in first["laperm_k_schedule"]]
+        g["laperm_roles"] = [FREE] * len(g["params"])
+        g["laperm_digests"] = [0] * len(g["params"])
 
     # -- plumbing: share everything with the base optimizer (as timm's Lookahead does) --------
     def _link(self):
