@@ -11,21 +11,20 @@ is first used (``permcodec.save``, ``permcodec.init``, ...), so tools that only 
 (``permcodec info``) never pay for torch.
 """
 import importlib
+import importlib.util
 
 from .errors import (FormatError, IntegrityError, NotAPermutationError, PermcodecError, RuleError,
                      TensorNotFoundError, VersionError)
 
 __version__ = "0.1.0"
 
-# public name -> (module, attribute); attribute None means the submodule itself
+# public name -> (submodule, attribute); any submodule is also reachable as permcodec.<name>
 _LAZY = {
     "save": ("api", "save"), "load": ("api", "load"), "load_into": ("api", "load_into"),
     "read_header": ("api", "read_header"), "open": ("api", "open_file"), "export": ("api", "export"),
     "verify": ("api", "verify"), "File": ("api", "File"), "Rule": ("rules", "Rule"),
     "save_file": ("safe", "save_file"), "load_file": ("safe", "load_file"), "safe_open": ("safe", "safe_open"),
 }
-_SUBMODULES = {"api", "cli", "codecs", "dtypes", "format", "gpu", "init", "integrations", "into", "paths", "perm",
-               "philox", "progress", "reader", "rules", "rulespec", "safe", "shards", "tensors", "values"}
 
 __all__ = ["save", "load", "load_into", "read_header", "open", "export", "verify", "init", "Rule", "File",
            "save_file", "load_file", "safe_open",
@@ -37,8 +36,8 @@ def __getattr__(name):
     if name in _LAZY:
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(f".{module}", __name__), attr)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
+    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)  # a submodule: permcodec.init, ...
     else:
         raise AttributeError(f"module 'permcodec' has no attribute {name!r}")
     globals()[name] = value  # later lookups skip this function
@@ -46,4 +45,5 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
+    import pkgutil
+    return sorted(set(globals()) | set(_LAZY) | {m.name for m in pkgutil.iter_modules(__path__)})
