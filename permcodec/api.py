@@ -362,15 +362,11 @@ def check_device(device) -> torch.device:
     return dev
 
 
-def _in_memory(source) -> bool:
-    return isinstance(source, (bytes, bytearray, memoryview)) or hasattr(source, "read")
-
-
 def open_file(path):
     """A File, or a shards.ShardedFile when ``path`` is a shard index (or a model saved in shards);
     ``path`` may be a folder holding either (paths.py), bytes or a binary file object."""
     from . import shards
-    if _in_memory(path):
+    if reader.in_memory(path):
         return File(path)
     path = paths.load_target(path)
     return shards.ShardedFile(path) if shards.is_index(path) else File(path)
@@ -379,7 +375,7 @@ def open_file(path):
 def read_header(path) -> dict:
     """The validated header (tensors, metadata, codecs, sections) without decoding any payload."""
     from . import shards
-    if not _in_memory(path):
+    if not reader.in_memory(path):
         path = paths.load_target(path)
         if shards.is_index(path):
             return shards.read_header(path)
@@ -448,7 +444,7 @@ def verify(path, model=None) -> Report:
     """Decode every tensor and check each against its recorded SHA-256 digest; with ``model``
     (a module or state dict), also check each of its tensors is bit-equal to the file's."""
     with open_file(path) as f:
-        rep = Report(path=f.path if _in_memory(path) else os.fspath(path),
+        rep = Report(path=f.path if reader.in_memory(path) else os.fspath(path),
                      file_bytes=getattr(f, "file_bytes", None) or len(f.container.buf))
         decoded = {}
 

@@ -24,11 +24,16 @@ class Metadata(dict):
         return self
 
 
+def in_memory(source) -> bool:
+    """Whether ``source`` is bytes or a file object rather than a path."""
+    return isinstance(source, (bytes, bytearray, memoryview)) or hasattr(source, "read")
+
+
 def _buffer(source):
     """(buffer, mmap to close or None, name) of a path, a bytes-like object or a binary file object."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return source, None, "<bytes>"
-    if hasattr(source, "read"):
+    if in_memory(source):
         name = str(getattr(source, "name", "<file object>"))
         data = None if isinstance(source, io.TextIOBase) else source.read()
         if not isinstance(data, (bytes, bytearray)):
