@@ -218,3 +218,14 @@ def test_cli_export_takes_short_rules(tmp_path):
     kinds = {t["name"]: t["kind"] for t in permcodec.read_header(tmp_path / "m.perm")["tensors"]}
     assert kinds == {"0.bias": "raw", "0.weight": "permuted", "2.bias": "raw", "2.weight": "permuted"}
     permcodec.verify(tmp_path / "m.perm", m)
+
+
+@given(family=st.sampled_from(["he_uniform", "he_normal", "glorot_uniform", "glorot_normal", "lecun_uniform",
+                               "lecun_normal"]),
+       seed=st.integers(0, 2**64 - 1), prune=st.floats(0, 1), hidden=st.integers(1, 9), kernel=st.integers(1, 3))
+def test_short_rules_equal_init_apply_for_every_family(family, seed, prune, hidden, kernel):
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, hidden, kernel), torch.nn.Conv2d(hidden, 4, kernel))
+    recorded = permcodec.init.apply_(m, seed=seed, rule=family, prune=prune)
+    from permcodec import rulespec
+    got = rulespec.from_dict({"rule": family, "seed": seed, "prune": prune}, name="1.weight", shape=m[1].weight.shape)
+    assert got == recorded["1.weight"] and got.scale == recorded["1.weight"].scale  # scale compared exactly
