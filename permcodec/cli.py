@@ -102,8 +102,10 @@ def _info(args) -> int:
     widths = [max(len(str(r[i])) for r in table) for i in range(len(head))]
     for r in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    ratio = tot["fp32_bits"] / 8 / size
+    than = f"{ratio:.2f}x larger" if ratio >= 1 else f"{1 / ratio:.2f}x smaller: headers dominate tiny files"
     print(f"\n{tot['weights']:,} elements, {size:,} bytes on disk = {8 * size / max(tot['weights'], 1):.3f} "
-          f"bits/element; fp32 would be {tot['fp32_bits'] // 8:,} bytes ({tot['fp32_bits'] / 8 / size:.2f}x larger)")
+          f"bits/element; fp32 would be {tot['fp32_bits'] // 8:,} bytes ({than})")
     if tot["permuted_weights"] and tot["limit_bits"] is not None:
         print(f"permuted: information limit {tot['limit_bits'] / tot['permuted_weights']:.3f} bits/weight")
     if meta:
@@ -136,7 +138,8 @@ def _diff_tensor(fa, fb, name) -> str | None:
     differing = sum(rows[i].tobytes() != other[i].tobytes() for i in range(rows.shape[0]))
     if not differing:
         return f"equal ({', '.join(notes)})" if notes else None
-    return f"{differing} of {rows.shape[0]} rows differ" + (f" ({', '.join(notes)})" if notes else "")
+    unit = "rows" if a.ndim > 1 else "elements"
+    return f"{differing} of {rows.shape[0]} {unit} differ" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _diff(args) -> int:

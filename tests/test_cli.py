@@ -116,13 +116,15 @@ def test_diff_equal_and_differing(perm_file, tmp_path):
     assert "0.weight: equal (codec model vs packed)" in res.stdout or "0.weight: equal (codec" in res.stdout
     other = {k: v.clone() for k, v in m.state_dict().items()}
     other["0.bias"][[1, 4]] += 1
+    other["2.weight"][1] = other["2.weight"][1].flip(0)
     other["extra"] = torch.zeros(2)
     del other["2.bias"]
     changed = tmp_path / "changed.perm"
     permcodec.save(other, changed)
     res = run("diff", path, changed)
     assert res.returncode == 1
-    assert "0.bias: 2 of 30 rows differ" in res.stdout
+    assert "0.bias: 2 of 30 elements differ" in res.stdout
+    assert "2.weight: 1 of 4 rows differ (different rules" in res.stdout
     assert f"2.bias: only in {path}" in res.stdout and f"extra: only in {changed}" in res.stdout
     assert "0.weight: equal (different rules" in res.stdout  # a plain dict save records no rule
 
