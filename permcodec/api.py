@@ -11,6 +11,7 @@ import errno
 import io
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from . import __version__, dtypes, format as fmt, paths, progress as _progress, reader, rulespec, tensors as T
 from .errors import IntegrityError, NotAPermutationError, PermcodecError, RuleError
-from .init import canonical_name, rule_of, rules_of as _model_rules
+from .init import canonical_name, remember, rule_of, rules_of as _model_rules
 from .rules import Rule
 
 TORCH_NAMES = {
@@ -143,13 +144,20 @@ SELF_CHECK_DECODE_BYTES = 16 << 20  # a save decodes its own file before the ren
 
 def check_written(tmp: str, path) -> None:
     """Read back a file a save wrote to ``tmp`` (its header, and every tensor if it is small), so
-    no save replaces ``path`` with a file the reader refuses."""
+    no save replaces ``path`` with a file the reader refuses.
+
+    numba's parallel decoders start a process-wide thread pool that a later fork() inherits broken
+    (GNU OpenMP kills the child), so while numba is loaded a save decodes only its raw tensors and
+    checks its permuted payloads without generating values; the compiled core decodes them all."""
     try:
         with File(tmp) as f:
             if sum(T.nbytes(e) for e in f.entries.values() if e["kind"] != "alias") <= SELF_CHECK_DECODE_BYTES:
+                decode_permuted = "numba" not in sys.modules
                 for name, e in f.entries.items():
-                    if e["kind"] != "alias":
+                    if e["kind"] == "raw" or (e["kind"] == "permuted" and decode_permuted):
                         f.get_numpy(name, check_digest=True)
+                    elif e["kind"] == "permuted":
+                        T.check_permuted(e, f.container.section(e["section"]))
     except PermcodecError as e:
         raise type(e)(f"{os.fspath(path)} was not written: the file this save produced does not read back "
                       f"({e}); the previous file is unchanged. Report this with the model") from None
@@ -347,7 +355,7 @@ def rules_in(f) -> dict[str, Rule]:
 def _tag(t: torch.Tensor, entry: dict) -> torch.Tensor:
     """Record a permuted tensor's rule on it (as permcodec.init does), so that saving it keeps it."""
     if entry["kind"] == "permuted":
-        t._permcodec_rule = Rule.from_dict(entry["init"])
+        remember(t, Rule.from_dict(entry["init"]))
     return t
 
 

@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from . import rules as _rules
@@ -61,8 +63,25 @@ normal_ = _family("normal")
 constant_ = _family("constant")
 
 
+# Rules of tensors returned by permcodec.load, by identity: an attribute on the tensor would be
+# pickled by torch.save, and torch.load(weights_only=True) refuses to unpickle a Rule.
+_LOADED: dict[int, tuple] = {}
+
+
+def remember(tensor: torch.Tensor, rule: Rule) -> torch.Tensor:
+    """Record ``rule`` for ``tensor`` (while it lives) without touching the tensor itself."""
+    key = id(tensor)
+    _LOADED[key] = (weakref.ref(tensor, lambda _, key=key: _LOADED.pop(key, None)), rule)
+    return tensor
+
+
 def rule_of(tensor: torch.Tensor) -> Rule | None:
-    return getattr(tensor, "_permcodec_rule", None)
+    """The rule recorded on ``tensor`` (by a filler or apply_) or for it (by permcodec.load)."""
+    rule = getattr(tensor, "_permcodec_rule", None)
+    if rule is None:
+        ref, found = _LOADED.get(id(tensor), (None, None))
+        rule = found if ref is not None and ref() is tensor else None
+    return rule
 
 
 def canonical_name(name: str) -> str:

@@ -12,7 +12,7 @@ import torch
 from torch.nn.modules.module import _IncompatibleKeys
 
 from .errors import PermcodecError
-from .init import ATTR, _unwrap, canonical_name
+from .init import _LOADED, ATTR, _unwrap, canonical_name, remember
 
 
 def _owner(model: torch.nn.Module, key: str):
@@ -31,6 +31,13 @@ def _put(model, key, target, t, made: dict):
         return new
     module._buffers[attr] = t
     return t
+
+
+def _forget(t: torch.Tensor) -> None:
+    """Drop the rule recorded on ``t`` by permcodec.init or for it by permcodec.load."""
+    _LOADED.pop(id(t), None)
+    if getattr(t, "_permcodec_rule", None) is not None:
+        del t._permcodec_rule
 
 
 def _checked(canon, t, target, cast: bool, path) -> torch.Tensor:
@@ -72,13 +79,10 @@ def load_into(model: torch.nn.Module, path, *, strict: bool = True, cast: bool =
                 target = _put(model, key, target, value, made)
             else:
                 target.copy_(value)
-            exact = value is t
-            if canon in file_rules and exact:
-                target._permcodec_rule = file_rules[canon]
+            _forget(target)  # whatever rule it had: it now holds the file's values
+            recorded.pop(canon, None)
+            if canon in file_rules and value is t:  # a cast tensor is no longer its rule's arrangement
+                remember(target, file_rules[canon])
                 recorded[canon] = file_rules[canon]
-            else:  # the tensor is no longer its former rule's arrangement
-                recorded.pop(canon, None)
-                if getattr(target, "_permcodec_rule", None) is not None:
-                    del target._permcodec_rule
     object.__setattr__(inner, ATTR, recorded)
     return _IncompatibleKeys(missing, unexpected)

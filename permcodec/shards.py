@@ -41,7 +41,7 @@ import time
 
 import msgpack
 
-from . import format as fmt
+from . import format as fmt, tensors as T
 from .errors import FormatError, IntegrityError, PermcodecError
 
 INDEX_SUFFIX = ".index.json"
@@ -194,7 +194,9 @@ class _Shard:
     """One shard being written to a temporary file."""
 
     def __init__(self, folder: str, number: int):
+        from .api import _umask
         fd, self.tmp = temp_file(folder)
+        os.chmod(self.tmp, 0o666 & ~_umask())  # as a single-file save: the usual mode, not mkstemp's 0600
         self.f = os.fdopen(fd, "wb")
         self.w = fmt.Writer(self.f)
         self.number = number
@@ -239,7 +241,7 @@ def save(obj, path, max_shard_size, *, rules=None, codec="auto", fast=False, met
     try:
         for name, t in tensors.items():
             entry, payload = api._encode_tensor(name, t, rules.get(name), codec, on_mismatch, zstd_level)
-            total_size += _nbytes(entry)
+            total_size += T.nbytes(entry)
             if not shards or not shards[-1].fits(len(payload), entry, limit):
                 if shards:
                     done.append(_close(shards[-1], header, by_target, save_id, False, path))
@@ -278,11 +280,6 @@ def save(obj, path, max_shard_size, *, rules=None, codec="auto", fast=False, met
             except OSError:
                 pass
         raise
-
-
-def _nbytes(entry: dict) -> int:
-    from math import prod
-    return prod(entry["shape"]) * fmt.dtypes.itemsize(entry["dtype"])
 
 
 def _close(shard: _Shard, header: dict, by_target: dict, save_id, last: bool, path: str) -> tuple[int, bytes]:

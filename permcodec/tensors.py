@@ -187,9 +187,11 @@ def check_working_memory(entry: dict, module) -> None:
                           f"({WORK_FACTOR} x the decoded size + O(row) per thread): hostile or corrupt")
 
 
-def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> np.ndarray:
+def check_permuted(entry: dict, payload):
+    """The codec of a permuted tensor, after every check that needs no initial values: the codec's
+    ``check_payload`` (optional) and the working-memory bound."""
     module = codecs.get(entry["codec"]["name"])
-    check = getattr(module, "check_payload", None)  # optional: reject a payload before generating values
+    check = getattr(module, "check_payload", None)
     try:
         if check is not None:
             check(entry["codec"], payload, *_perm.as_rows(entry["shape"]))
@@ -200,6 +202,11 @@ def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> n
         raise _out_of_memory(entry) from None
     except Exception as e:
         raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} rejects the payload: {e!r}") from None
+    return module
+
+
+def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> np.ndarray:
+    module = check_permuted(entry, payload)
     fused = getattr(module, "decode_values", None)  # decode + check_apply in one pass (fast codecs)
     try:
         v = initial_rows(entry) if values is None else values

@@ -214,3 +214,14 @@ def test_verify_with_nonfinite_and_model_mismatch(tmp_path):
     assert permcodec.verify(tmp_path / "m.perm", state).model_checked
     with pytest.raises(permcodec.IntegrityError):
         permcodec.verify(tmp_path / "m.perm", {"w": torch.tensor([math.nan, math.inf, 0.0])})
+
+
+def test_loaded_tensors_still_pickle_for_weights_only_torch_load(tmp_path):
+    """The rule travels by identity, not as a tensor attribute that torch.save would pickle."""
+    permcodec.save(trained(), tmp_path / "a.perm")
+    state = permcodec.load(tmp_path / "a.perm")
+    assert permcodec.init.rule_of(state["0.weight"]) is not None
+    torch.save(state, tmp_path / "a.pt")
+    again = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert all(bit_equal(again[k], v) for k, v in state.items())
+    assert permcodec.init.rule_of(again["0.weight"]) is None  # a copy is not the loaded tensor

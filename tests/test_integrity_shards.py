@@ -253,3 +253,36 @@ def test_layout_cleanup_removes_only_files_named_as_shards(tmp_path):
     permcodec.save(state_of(1), tmp_path / "model.perm")
     assert (tmp_path / "notes.perm").read_bytes() == b"keep me"
     assert perm_files(tmp_path) == ["model.perm", "notes.perm"]
+
+
+def test_shards_get_the_usual_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        permcodec.save(state_of(1), tmp_path / "model.perm", max_shard_size=2000)
+    finally:
+        os.umask(old)
+    assert {oct(os.stat(tmp_path / f).st_mode & 0o777) for f in perm_files(tmp_path)} == {"0o644"}
+
+
+def test_shards_written_before_the_shard_map_load_when_the_index_pins_them(tmp_path):
+    """permcodec 0.1 wrote no 'shard' map; its index always pinned each shard's trailer digest."""
+    sys.path.insert(0, str(os.path.join(os.path.dirname(__file__), "..", "fuzz")))
+    import kit
+    from permcodec import format as fmt
+    p = tmp_path / "model.perm"
+    state = state_of(1)
+    permcodec.save(state, p, max_shard_size=2000)
+    index = json.loads(open(shards.index_path(p)).read())
+    for name, listing in index["metadata"]["permcodec"]["shards"].items():
+        header, payloads = kit.split((tmp_path / name).read_bytes())
+        del header["shard"]
+        data = kit.build({k: v for k, v in header.items() if k != "sections"}, payloads)
+        (tmp_path / name).write_bytes(data)
+        digest = fmt.TRAILER.unpack_from(data, len(data) - fmt.TRAILER.size)[2]
+        listing.update(bytes=len(data), trailer_sha256=digest.hex())
+    (tmp_path / "model.perm.index.json").write_text(json.dumps(index))
+    assert same(permcodec.load(p), state)
+    del index["metadata"]["permcodec"]
+    (tmp_path / "model.perm.index.json").write_text(json.dumps(index))
+    with pytest.raises(permcodec.FormatError, match="does not say which save"):
+        permcodec.load(p)
