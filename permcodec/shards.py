@@ -368,6 +368,11 @@ class ShardedFile:
                     raise FormatError(f"shard {file_name} named by {self.path} is missing") from None
                 except IsADirectoryError:
                     raise FormatError(f"shard {file_name} named by {self.path} is a folder, not a file") from None
+                except PermissionError:
+                    raise
+                except OSError as e:  # a name too long, a path through a file, ...
+                    raise FormatError(f"shard {file_name[:80]!r} named by {self.path} cannot be opened "
+                                      f"({e.strerror}): not a shard of this model") from None
                 try:
                     self._check(file_name, f)
                 except BaseException:

@@ -216,6 +216,8 @@ def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> n
     except MemoryError:
         raise _out_of_memory(entry) from None
     except Exception as e:  # a codec must not crash on hostile bytes; report it as corrupt
+        if isinstance(e.__cause__ or e.__context__, MemoryError):  # numba wraps it in a SystemError
+            raise _out_of_memory(entry) from None
         raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} failed on the payload: {e!r}") from None
     if fused is not None:
         if not isinstance(p, np.ndarray) or p.shape != v.shape or p.dtype != v.dtype:

@@ -183,7 +183,8 @@ def _single(tmp_path):
     b'{"weight_map": {"w": "x.perm"}, "metadata": {"permcodec": {"shards": ["x.perm"]}}}',
     b'{"weight_map": {"w": "x.perm"}, "metadata": {"permcodec": {"shards": {"x.perm": 3}}}}',
     b'{"weight_map": {"": "x.perm"}}',
-], ids=["deep", "block-not-map", "shards-list", "listing-not-map", "empty-name"])
+    b'{"weight_map": {"w": "' + b"x" * 300 + b'"}}',
+], ids=["deep", "block-not-map", "shards-list", "listing-not-map", "empty-name", "name-too-long"])
 def test_hostile_index_raises_format_error(tmp_path, index):
     (tmp_path / "m.perm.index.json").write_bytes(index)
     with pytest.raises(permcodec.FormatError):
