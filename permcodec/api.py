@@ -1,21 +1,24 @@
 """The torch adapter: save, load, load_into, open, read_header, export, verify.
 
 Thin on purpose: it turns tensors into numpy arrays and back, handles files (atomic writes,
-mmap) and names (tied weights, wrapper prefixes). Bytes are decided in tensors.py and format.py.
+mmap) and names (tied weights, wrapper prefixes). Bytes are decided in tensors.py and format.py;
+reading without torch in reader.py; folders in paths.py; load_into in into.py; short rules in
+rulespec.py; the safetensors-style verbs in safe.py.
 """
 from __future__ import annotations
 
 import errno
-import mmap
+import io
+import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from . import __version__, dtypes, format as fmt, tensors as T
-from .errors import IntegrityError, PermcodecError, RuleError
-from .init import ATTR, canonical_name, remember, rule_of, rules_of as _model_rules
+from . import __version__, dtypes, format as fmt, paths, progress as _progress, reader, rulespec, tensors as T
+from .errors import IntegrityError, NotAPermutationError, PermcodecError, RuleError
+from .init import canonical_name, remember, rule_of, rules_of as _model_rules
 from .rules import Rule
 
 TORCH_NAMES = {
@@ -128,7 +131,8 @@ def check_target(path) -> str:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise IsADirectoryError(errno.EISDIR, "is a folder: give a file path to save to", path)
+        raise IsADirectoryError(errno.EISDIR, "is a folder: give a file path to save to, or end the path with "
+                                              "'/' to save model.perm into the folder", path)
     if not os.path.isdir(folder):
         raise FileNotFoundError(errno.ENOENT, "the folder to save into does not exist: create it first", folder)
     return folder
@@ -183,19 +187,25 @@ def _atomic_write(path, write, check=None) -> int:
     return size
 
 
-def save(obj, path, *, rules: dict | None = None, codec: str = "auto", fast: bool = False,
+def save(obj, path=None, *, rules: dict | None = None, codec: str = "auto", fast: bool = False,
          metadata: dict | None = None, zstd_level: int = 3, on_mismatch: str = "raise",
-         max_shard_size=None) -> int:
-    """Write ``obj`` (a model or a state dict) to ``path`` atomically; returns the file size.
+         max_shard_size=None, progress: bool | None = None):
+    """Write ``obj`` (a model or a state dict) to ``path`` atomically; returns the file size, or
+    the file's bytes when ``path`` is None. A path ending in '/' is a folder: ``path/model.perm``.
 
     Tensors with a rule (recorded on the model by permcodec.init, or passed as ``rules``) are
     stored as permutations of their seeded initial values; everything else raw and compressed.
     ``codec``: "auto" (smallest), or a codec name; ``fast=True`` picks the fixed-layout codec.
     ``on_mismatch``: "raise" (default) or "raw" to store a non-rearranged tensor raw.
     ``max_shard_size`` (bytes, or "2GB"): split into shards + ``path.index.json`` (see shards.py).
+    ``progress``: a bar on stderr for saves over a second (None: only on a terminal; progress.py).
     One tensor's encoding at a time is held in memory.
     """
+    if path is not None:
+        path = paths.save_target(path)
     if max_shard_size is not None:
+        if path is None:
+            raise PermcodecError("max_shard_size needs a path: shards are files beside it")
         from . import shards
         return shards.save(obj, path, max_shard_size, rules=rules, codec=codec, fast=fast, metadata=metadata,
                            zstd_level=zstd_level, on_mismatch=on_mismatch)
@@ -204,11 +214,13 @@ def save(obj, path, *, rules: dict | None = None, codec: str = "auto", fast: boo
     def write(f):
         w = fmt.Writer(f)
         entries = []
-        for name, t in tensors.items():
-            entry, payload = _encode_tensor(name, t, rules.get(name), codec, on_mismatch, zstd_level)
-            entry["section"] = w.add_section(payload)
-            entries.append(entry)
-            del payload
+        with _progress.bar(sum(t.numel() for t in tensors.values()), "permcodec save", progress) as bar:
+            for name, t in tensors.items():
+                entry, payload = _encode_tensor(name, t, rules.get(name), codec, on_mismatch, zstd_level)
+                entry["section"] = w.add_section(payload)
+                entries.append(entry)
+                del payload
+                bar.update(t.numel())
         for name, target in aliases.items():
             t = next(e for e in entries if e["name"] == target)
             entries.append({"name": name, "shape": t["shape"], "dtype": t["dtype"], "kind": "alias",
@@ -216,6 +228,10 @@ def save(obj, path, *, rules: dict | None = None, codec: str = "auto", fast: boo
         return w.finish({"format": "permcodec", "created_by": f"permcodec {__version__}",
                          "metadata": meta, "tensors": entries})
 
+    if path is None:
+        buf = io.BytesIO()
+        write(buf)
+        return buf.getvalue()
     size = _atomic_write(path, write)
     from .shards import retire_other_layout
     retire_other_layout(path, [])
@@ -225,7 +241,7 @@ def save(obj, path, *, rules: dict | None = None, codec: str = "auto", fast: boo
 def _prepare(obj, rules, codec, fast, metadata, on_mismatch, zstd_level):
     """(tensors, aliases, rules by canonical name, codec, metadata) for save, arguments checked."""
     tensors, aliases, found = _collect(obj)
-    rules = {**found, **{canonical_name(k): v for k, v in _check_rules(rules).items()}}
+    rules = {**found, **{canonical_name(k): v for k, v in _check_rules(rules, tensors).items()}}
     unknown = sorted(set(rules) - set(tensors) - set(aliases))
     if unknown:
         raise RuleError(f"rules name tensors that are not in the model: {', '.join(unknown[:5])}")
@@ -240,8 +256,9 @@ def _prepare(obj, rules, codec, fast, metadata, on_mismatch, zstd_level):
     return tensors, aliases, rules, "packed" if fast else codec, meta
 
 
-def _check_rules(rules) -> dict:
-    """``rules`` as {name: Rule}: a dict of Rule objects or their dicts."""
+def _check_rules(rules, tensors: dict) -> dict:
+    """``rules`` as {name: Rule}: Rule objects, their dicts, or short rules (rulespec.py), which
+    take the shape of the tensor of that name in ``tensors``."""
     if rules is None:
         return {}
     if not isinstance(rules, dict):
@@ -252,7 +269,8 @@ def _check_rules(rules) -> dict:
         if fmt.name_problem(k):
             raise RuleError(f"rules: {fmt.name_problem(k)}")
         if isinstance(v, dict):
-            v = Rule.from_dict(v)
+            t = tensors.get(canonical_name(k))
+            v = rulespec.from_dict(v, name=canonical_name(k), shape=None if t is None else t.shape)
         if not isinstance(v, Rule):
             raise RuleError(f"rule for {k!r} is {v!r}: give a permcodec.Rule (e.g. permcodec.rules.make("
                             f"'he_uniform', shape, seed=0, name={k!r})) or its dict")
@@ -269,6 +287,10 @@ def _encode_tensor(name, t, rule, codec, on_mismatch, zstd_level) -> tuple[dict,
             params, payload = T.encode_permuted(arr, rule, dt, name, codec)
             entry.update(kind="permuted", layout="rows", init=rule.to_dict(), codec=params)
             return entry, payload
+        except NotAPermutationError as e:
+            if on_mismatch == "raise":
+                raise NotAPermutationError(f"{e} Saving a LaPerm model between two syncs? Save its synced "
+                                           f"weights: with opt.synced_view(): permcodec.save(model, path)") from None
         except PermcodecError:
             if on_mismatch == "raise":
                 raise
@@ -285,57 +307,19 @@ def export(state_dict, rules, path, **kw) -> int:
     rearrangements of which seeded initial values. A tensor that is not raises
     NotAPermutationError naming it, the row, and how many values differ."""
     if not rules:
-        raise RuleError("export needs rules: {tensor name: Rule}; see permcodec.init.rules_of(model)")
+        raise RuleError("export needs rules: {tensor name: Rule, its dict, or a short rule like "
+                        "{'rule': 'he_uniform', 'seed': 0}}; see permcodec.init.rules_of(model)")
     return save(state_dict, path, rules=rules, **kw)
 
 
 # ---- reading ---------------------------------------------------------------------------------
-class File:
-    """A permcodec file opened for lazy reading (mmap): one tensor is decoded at a time.
+class File(reader.File):
+    """A permcodec file opened for lazy reading (mmap of a path, or bytes, or a file object): one
+    tensor is decoded at a time.
 
         with permcodec.open("model.perm") as f:
             w = f.get_tensor("fc1.weight")
     """
-
-    def __init__(self, path):
-        self.path = os.fspath(path)
-        with open(self.path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size == 0:
-                raise fmt.FormatError(f"{self.path} is empty: not a permcodec file")
-            self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            self.container = fmt.Container(self._mm)
-        except BaseException:
-            self.close()
-            raise
-        self.header = self.container.header
-        self.entries = {t["name"]: t for t in self.header["tensors"]}
-
-    @property
-    def metadata(self) -> dict:
-        return self.header.get("metadata", {})
-
-    def keys(self):
-        return list(self.entries)
-
-    def __contains__(self, name):
-        return name in self.entries
-
-    def entry(self, name) -> dict:
-        try:
-            e = self.entries[name]
-        except KeyError:
-            raise PermcodecError(f"no tensor {name!r} in {self.path}") from None
-        return self.entries[e["target"]] if e["kind"] == "alias" else e
-
-    def get_numpy(self, name, check_digest: bool = False) -> np.ndarray:
-        e = self.entry(name)
-        arr = T.decode(e, self.container.section(e["section"]))
-        if check_digest and T.digest(arr) != e["digest"]:
-            raise IntegrityError(f"tensor {name!r} does not rebuild to its recorded digest "
-                                 f"(decoder or generator mismatch): report this with the file")
-        return arr
 
     def get_tensor(self, name, device="cpu", check_digest: bool = False) -> torch.Tensor:
         """The tensor ``name`` on ``device``, carrying its rule (see rule_of) if it is permuted."""
@@ -352,21 +336,6 @@ class File:
 
     def rules(self) -> dict[str, Rule]:
         return rules_in(self)
-
-    def close(self):
-        mm, self._mm = getattr(self, "_mm", None), None
-        self.container = None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:  # a view is still alive; the map closes when it is collected
-                pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def rules_in(f) -> dict[str, Rule]:
@@ -394,32 +363,41 @@ def check_device(device) -> torch.device:
 
 
 def open_file(path):
-    """A File, or a shards.ShardedFile when ``path`` is a shard index (or a model saved in shards)."""
+    """A File, or a shards.ShardedFile when ``path`` is a shard index (or a model saved in shards);
+    ``path`` may be a folder holding either (paths.py), bytes or a binary file object."""
     from . import shards
+    if reader.in_memory(path):
+        return File(path)
+    path = paths.load_target(path)
     return shards.ShardedFile(path) if shards.is_index(path) else File(path)
 
 
 def read_header(path) -> dict:
     """The validated header (tensors, metadata, codecs, sections) without decoding any payload."""
     from . import shards
-    if shards.is_index(path):
-        return shards.read_header(path)
+    if not reader.in_memory(path):
+        path = paths.load_target(path)
+        if shards.is_index(path):
+            return shards.read_header(path)
     with File(path) as f:
         h = dict(f.header)
         h["version"] = [f.container.major, f.container.minor]
         return h
 
 
-def load(path, device="cpu", *, check_digests: bool = False, rules: bool = False):
-    """Every tensor of ``path``, bit for bit, on ``device``; tied names share one tensor. Permuted
-    tensors carry their rule, so ``save(load(p), q)`` stores them as permutations again; with
-    ``rules=True`` returns (state, {name: Rule})."""
+def load(path, device="cpu", *, check_digests: bool = False, rules: bool = False, progress: bool | None = None):
+    """Every tensor of ``path`` (a file, a sharded save, a folder, bytes or a binary file object),
+    bit for bit, on ``device``; tied names share one tensor. Permuted tensors carry their rule, so
+    ``save(load(p), q)`` stores them as permutations again; with ``rules=True`` returns (state,
+    {name: Rule}). ``progress``: a bar on stderr for loads over a second (see progress.py)."""
     out = {}
     check_device(device)
     with open_file(path) as f:
-        for name, e in f.entries.items():
-            if e["kind"] != "alias":
+        own = {n: e for n, e in f.entries.items() if e["kind"] != "alias"}
+        with _progress.bar(sum(math.prod(e["shape"]) for e in own.values()), "permcodec load", progress) as bar:
+            for name, e in own.items():
                 out[name] = f.get_tensor(name, device, check_digests)
+                bar.update(out[name].numel())
         for name, e in f.entries.items():
             if e["kind"] == "alias":
                 out[name] = out[e["target"]]
@@ -436,33 +414,10 @@ def rules_of(source) -> dict[str, Rule]:
         return f.rules()
 
 
-def load_into(model: torch.nn.Module, path, *, strict: bool = True) -> torch.nn.Module:
-    """Copy the file's tensors into ``model`` (prefixes like ``_orig_mod.`` are matched) and record
-    the file's rules on it, as permcodec.init does, so that ``save(model)`` keeps them."""
-    state, file_rules = load(path, rules=True)
-    own = model.state_dict(keep_vars=True)
-    by_canon = {canonical_name(k): k for k in own}
-    missing = sorted(set(by_canon) - set(state))
-    unexpected = sorted(set(state) - set(by_canon))
-    if strict and (missing or unexpected):
-        raise PermcodecError(f"{path}: state does not match the model: missing {missing[:10]}, "
-                             f"unexpected {unexpected[:10]} (pass strict=False to load the overlap)")
-    with torch.no_grad():
-        for canon, t in state.items():
-            if canon in by_canon:
-                target = own[by_canon[canon]]
-                if target.shape != t.shape or target.dtype != t.dtype:
-                    raise PermcodecError(f"{canon!r}: file has {t.dtype} {list(t.shape)}, model has "
-                                         f"{target.dtype} {list(target.shape)}")
-                target.copy_(t)
-                if canon in file_rules:
-                    remember(target, file_rules[canon])
-    from .init import _unwrap
-    inner = _unwrap(model)
-    recorded = {k: r for k, r in (getattr(inner, ATTR, None) or {}).items() if k not in state or k in file_rules}
-    recorded.update({k: r for k, r in file_rules.items() if k in by_canon})
-    object.__setattr__(inner, ATTR, recorded)
-    return model
+def load_into(model: torch.nn.Module, path, *, strict: bool = True, cast: bool = False, assign: bool = False):
+    """Load ``path`` into ``model`` as ``load_state_dict`` does; see into.py."""
+    from .into import load_into as _load_into
+    return _load_into(model, path, strict=strict, cast=cast, assign=assign)
 
 
 @dataclass
@@ -489,15 +444,14 @@ def verify(path, model=None) -> Report:
     """Decode every tensor and check each against its recorded SHA-256 digest; with ``model``
     (a module or state dict), also check each of its tensors is bit-equal to the file's."""
     with open_file(path) as f:
-        rep = Report(path=os.fspath(path), file_bytes=getattr(f, "file_bytes", None) or os.path.getsize(path))
+        rep = Report(path=f.path if reader.in_memory(path) else os.fspath(path),
+                     file_bytes=getattr(f, "file_bytes", None) or len(f.container.buf))
         decoded = {}
-        for name, e in f.entries.items():
-            arr = f.get_numpy(name, check_digest=True)
-            rep.tensors += 1
-            rep.weights += arr.size if e["kind"] != "alias" else 0
-            rep.permuted += e["kind"] == "permuted"
+
+        def keep(name, arr):
             if model is not None:
                 decoded[name] = to_torch(arr, f.entry(name)["dtype"])
+        rep.tensors, rep.weights, rep.permuted = reader.check(f, keep)
     if model is not None:
         tensors, aliases, _ = _collect(model)
         names = set(tensors) | set(aliases)

@@ -28,3 +28,10 @@ class NotAPermutationError(PermcodecError):
 
 class RuleError(PermcodecError):
     """An initializer rule is malformed or does not fit the tensor it is applied to."""
+
+
+class TensorNotFoundError(PermcodecError, KeyError):
+    """A tensor name that the file does not hold; a KeyError too, as for a dict or safe_open."""
+
+    def __str__(self):  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""

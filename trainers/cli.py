@@ -166,9 +166,10 @@ def main_plot(argv) -> int:
     a = p.parse_args(argv)
     out = a.out or f"{os.path.splitext(a.path)[0]}.{a.what}.png"
     if a.what == "profile":
-        instruments.plot_profiles(_tensors(a.path, a.layer), out)
+        instruments.plot_profiles(_tensors(a.path, a.layer), out, source=a.path)
     elif a.what == "ranking":
-        instruments.plot_ranking(json.loads(open(a.path).read()), out)
+        with open(a.path) as fh:
+            instruments.plot_ranking(json.load(fh), out, source=a.path)
     else:
         state, config = instruments.load_state(a.path)
         name = a.layer or next(n for n, t in state.items() if t.dim() > 1)
@@ -180,7 +181,7 @@ def main_plot(argv) -> int:
             before = instruments.load_state(a.against)[0][name]
         cyc = instruments.plot_cycles(before.reshape(before.shape[0], -1)[a.row],
                                       state[name].reshape(before.shape[0], -1)[a.row], out,
-                                      title=f"{name} row {a.row}")
+                                      title=f"{a.path}: {name} row {a.row} against {a.against}")
         print(f"{len([c for c in cyc if len(c) > 1])} cycles, longest {max(map(len, cyc))}")
     print(f"wrote {out}")
     return 0

@@ -20,7 +20,7 @@ import torch
 from .laperm import rows_of
 
 __all__ = ["ranks", "RankingDistance", "cycles", "plot_profiles", "plot_cycles", "plot_ranking",
-           "load_state", "initial_state"]
+           "profiles_figure", "cycles_figure", "ranking_figure", "load_state", "initial_state"]
 
 
 def ranks(t: torch.Tensor) -> torch.Tensor:
@@ -90,10 +90,16 @@ def _pyplot():
     return plt
 
 
-def plot_profiles(tensors: dict[str, torch.Tensor], path, *, max_rows: int = 256) -> Path:
+def _save(fig, path) -> Path:
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return Path(path)
+
+
+def profiles_figure(tensors: dict[str, torch.Tensor], *, source: str = "", max_rows: int = 256):
     """Weight profiles: every row sorted ascending and overlaid, one panel per tensor."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(tensors), figsize=(4 * len(tensors), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(tensors), figsize=(4 * len(tensors), 3.4), squeeze=False)
     for ax, (name, t) in zip(axes[0], tensors.items()):
         rows = rows_of(t.detach().float()).sort(dim=1).values[:max_rows]
         x = torch.arange(rows.shape[1])
@@ -102,55 +108,75 @@ def plot_profiles(tensors: dict[str, torch.Tensor], path, *, max_rows: int = 256
         ax.set_title(f"{name} {tuple(t.shape)}", fontsize=8)
         ax.set_xlabel("position after sorting")
     axes[0][0].set_ylabel("weight")
+    fig.suptitle(f"weight profiles of {source}" if source else "weight profiles", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return fig
 
 
-def plot_cycles(row_from: torch.Tensor, row_to: torch.Tensor, path, *, title: str = "") -> list:
-    """Fig 14: the row's values on a circle in ascending order, each cycle of the rearrangement
-    from ``row_from`` to ``row_to`` drawn in its own colour. Returns the cycles."""
+def plot_profiles(tensors: dict[str, torch.Tensor], path, *, source: str = "", max_rows: int = 256) -> Path:
+    """Write :func:`profiles_figure` to ``path`` (PNG)."""
+    return _save(profiles_figure(tensors, source=source, max_rows=max_rows), path)
+
+
+def cycles_figure(row_from: torch.Tensor, row_to: torch.Tensor, *, title: str = "", max_chord: int = 12):
+    """Fig 14, readable for long rows: the row's values on a circle in ascending order with the
+    chords of each cycle of at most ``max_chord`` elements in its own colour (longer cycles would
+    cover the circle), beside a histogram of all cycle lengths. Returns (figure, cycles)."""
     import math
     plt = _pyplot()
     ra, rb = ranks(row_from.reshape(1, -1))[0], ranks(row_to.reshape(1, -1))[0]
     cyc = cycles(ra.tolist(), rb.tolist())
     n = len(ra)
-    ang = [2 * math.pi * i / n for i in range(n)]
-    xy = [(math.cos(a), math.sin(a)) for a in ang]
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(*zip(*xy), "k.", ms=2)
+    xy = [(math.cos(2 * math.pi * i / n), math.sin(2 * math.pi * i / n)) for i in range(n)]
+    fig, (ax, hist) = plt.subplots(1, 2, figsize=(10, 4.8), gridspec_kw={"width_ratios": [1, 1.1]})
+    ax.plot(*zip(*xy), "k.", ms=1 if n > 200 else 2)
     cmap = plt.get_cmap("tab20")
-    long = [c for c in cyc if len(c) > 1]
-    for ci, c in enumerate(long):
+    moved = [c for c in cyc if len(c) > 1]
+    short = [c for c in moved if len(c) <= max_chord]
+    for ci, c in enumerate(short):
         for a, b in zip(c, c[1:] + c[:1]):
-            ax.annotate("", xy=xy[b], xytext=xy[a],
-                        arrowprops={"arrowstyle": "->", "color": cmap(ci % 20), "lw": 0.6})
-    ax.set_title(title or f"n={n}: {len(long)} cycles, {n - sum(map(len, long))} fixed", fontsize=9)
+            ax.annotate("", xy=xy[b], xytext=xy[a], arrowprops={"arrowstyle": "->", "color": cmap(ci % 20), "lw": 0.6})
+    ax.set_title(f"chords of the {len(short)} cycles of length 2-{max_chord}", fontsize=8)
     ax.set_aspect("equal")
     ax.axis("off")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    lengths = [len(c) for c in cyc]
+    hist.hist(lengths, bins=range(1, max(lengths) + 2), color="tab:blue", log=len(set(lengths)) > 1)
+    hist.set_xlabel("cycle length (1 = fixed point)")
+    hist.set_ylabel("number of cycles")
+    hist.set_title(f"n={n}: {len(moved)} cycles, {n - sum(map(len, moved))} fixed, longest {max(lengths)}",
+                   fontsize=8)
+    fig.suptitle(title or "permutation cycles", fontsize=9)
+    fig.tight_layout()
+    return fig, cyc
+
+
+def plot_cycles(row_from: torch.Tensor, row_to: torch.Tensor, path, *, title: str = "", max_chord: int = 12) -> list:
+    """Write :func:`cycles_figure` to ``path`` (PNG); returns the cycles."""
+    fig, cyc = cycles_figure(row_from, row_to, title=title, max_chord=max_chord)
+    _save(fig, path)
     return cyc
 
 
-def plot_ranking(log: dict, path) -> Path:
+def ranking_figure(log: dict, *, source: str = ""):
     """Fig 3/13: mean and SD of the ranking distance over training, divided by the row length."""
     plt = _pyplot()
     series = log.get("ranking_distance", [])
-    names = list(series[0]) if series else []
-    names = [n for n in names if n != "step"]
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4 * max(len(names), 1), 3),
-                             squeeze=False)
+    names = [n for n in (series[0] if series else []) if n != "step"]
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4 * max(len(names), 1), 3.2), squeeze=False)
     steps = [r["step"] for r in series]
     for ax, name in zip(axes[0], names):
         n = series[0][name]["n"]
         ax.plot(steps, [r[name]["mean"] / n for r in series], label="mean D / n")
         ax.plot(steps, [r[name]["sd"] / n for r in series], label="SD[D] / n")
         ax.set_title(name, fontsize=8)
-        ax.set_xlabel("step")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("ranking distance / row length")
         ax.legend(fontsize=7)
+    fig.suptitle(f"ranking distance in {source}" if source else "ranking distance", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return fig
+
+
+def plot_ranking(log: dict, path, *, source: str = "") -> Path:
+    """Write :func:`ranking_figure` to ``path`` (PNG)."""
+    return _save(ranking_figure(log, source=source), path)
