@@ -149,7 +149,7 @@ def run_peer(state, peer, path, reps):
 
 
 def warm_up(codec_names, tmp):
-    """Load every compiled function once (numba's cache), so that no timing includes it."""
+    """Touch every path once (page-in, allocator warm-up), so that no timing includes it."""
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         lin = torch.nn.Linear(40, 30).to(dtype)
         rules = permcodec.init.apply_(lin, seed=0, prune=0.5)
@@ -306,8 +306,8 @@ def main(argv=None):
     command = "python bench/bench_codecs.py" + " --quick" * args.quick + (f" --reps {args.reps}" if args.reps else "") \
         + (" --models " + " ".join(args.models) if args.models is not None else "")
     res = {"command": command,
-           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, numba "
-                      f"{__import__('numba').get_num_threads()} threads, torch {torch.get_num_threads()} threads",
+           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, permcodec core "
+                      f"{permcodec._core.num_threads()} threads, torch {torch.get_num_threads()} threads",
            "loadavg_start": [round(x, 2) for x in os.getloadavg()], "reps": reps, "quick": args.quick,
            "permcodec": permcodec.__version__, "codec_names": codec_names, "cases": []}
     models = args.models if args.models is not None else (QUICK_MODELS if args.quick else FULL_MODELS)

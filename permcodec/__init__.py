@@ -23,10 +23,11 @@ _LAZY = {
     "save": ("api", "save"), "load": ("api", "load"), "load_into": ("api", "load_into"),
     "read_header": ("api", "read_header"), "open": ("api", "open_file"), "export": ("api", "export"),
     "verify": ("api", "verify"), "File": ("api", "File"), "Rule": ("rules", "Rule"),
+    "rules_of": ("api", "rules_of"),
     "save_file": ("safe", "save_file"), "load_file": ("safe", "load_file"), "safe_open": ("safe", "safe_open"),
 }
 
-__all__ = ["save", "load", "load_into", "read_header", "open", "export", "verify", "init", "Rule", "File",
+__all__ = ["save", "load", "load_into", "read_header", "open", "export", "verify", "rules_of", "init", "Rule", "File",
            "save_file", "load_file", "safe_open",
            "PermcodecError", "FormatError", "IntegrityError", "VersionError", "NotAPermutationError",
            "RuleError", "TensorNotFoundError", "__version__"]

@@ -390,6 +390,9 @@ def load(path, device="cpu", *, check_digests: bool = False, rules: bool = False
     bit for bit, on ``device``; tied names share one tensor. Permuted tensors carry their rule, so
     ``save(load(p), q)`` stores them as permutations again; with ``rules=True`` returns (state,
     {name: Rule}). ``progress``: a bar on stderr for loads over a second (see progress.py)."""
+    if _is_chunk_stream(path):
+        from .stream import load_stream
+        return load_stream(path, device, check_digests=check_digests, rules=rules)
     out = {}
     check_device(device)
     with open_file(path) as f:
@@ -403,6 +406,11 @@ def load(path, device="cpu", *, check_digests: bool = False, rules: bool = False
                 out[name] = out[e["target"]]
         found = f.rules() if rules else None
     return (out, found) if rules else out
+
+
+def _is_chunk_stream(source) -> bool:
+    """An iterator of byte chunks (e.g. an HTTP response's iter_content), not a path, bytes or file."""
+    return hasattr(source, "__next__") and not hasattr(source, "read")
 
 
 def rules_of(source) -> dict[str, Rule]:

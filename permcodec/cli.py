@@ -113,6 +113,11 @@ def _info(args) -> int:
     return 0
 
 
+def _consolidate(args) -> int:
+    from .dcp import consolidate_command
+    return consolidate_command(args)
+
+
 def _verify(args) -> int:
     from .reader import check
     with _open(args.path) as f:
@@ -213,6 +218,13 @@ def parser() -> argparse.ArgumentParser:
                         'e.g. {"0.weight": {"rule": "he_uniform", "seed": 0, "prune": 0.5}}')
     s.add_argument("--codec", default="auto", choices=CODECS, help="codec of the permuted tensors (default: auto)")
     s.set_defaults(fn=_export)
+    s = sub.add_parser("consolidate", help="a torch.distributed.checkpoint folder (PermcodecWriter) -> one .perm")
+    s.add_argument("path", help="the DCP checkpoint folder written with permcodec.dcp.PermcodecWriter")
+    s.add_argument("output", help="the .perm file (or sharded save) to write")
+    s.add_argument("--prefix", default="", help="keep only tensors under this prefix, stripped (e.g. 'model.')")
+    s.add_argument("--codec", default="auto", choices=CODECS, help="codec of the permuted tensors (default: auto)")
+    s.add_argument("--max-shard-size", default=None, help="write hub-style shards past this size (e.g. 2GB)")
+    s.set_defaults(fn=_consolidate)
     s = sub.add_parser("to-safetensors", help="rebuild the weights and write them as .safetensors")
     s.add_argument("path", help=SAVED)
     s.add_argument("output", help="the .safetensors file to write")

@@ -61,12 +61,13 @@ def _spooled(source, chunk_size: int, max_bytes: int | None, spool_dir):
         os.unlink(path)
 
 
-def load_stream(source, device="cpu", *, check_digests: bool = False, chunk_size: int = CHUNK,
-                max_bytes: int | None = None, spool_dir=None) -> dict[str, torch.Tensor]:
+def load_stream(source, device="cpu", *, check_digests: bool = False, rules: bool = False, chunk_size: int = CHUNK,
+                max_bytes: int | None = None, spool_dir=None):
     """Every tensor of the streamed file, bit for bit, as permcodec.load gives it for a path.
 
     ``max_bytes`` bounds what is accepted from the stream (its length is declared only at its
-    end); ``spool_dir`` is where the temporary file goes (default: the system's temp folder).
+    end); ``spool_dir`` is where the temporary file goes (default: the system's temp folder);
+    ``rules=True`` returns (state, {name: Rule}) as permcodec.load does.
     """
     with _spooled(source, chunk_size, max_bytes, spool_dir) as path:
-        return api.load(path, device, check_digests=check_digests)
+        return api.load(path, device, check_digests=check_digests, rules=rules)

@@ -97,3 +97,19 @@ def test_bad_streams_raise_permcodec_errors(tmp_path):
     with pytest.raises(permcodec.PermcodecError, match="permcodec.load"):
         load_stream(data)
     assert load_stream(iter([data]), max_bytes=len(data)).keys() == permcodec.load(tmp_path / "m.perm").keys()
+
+
+def test_load_takes_an_iterator_of_chunks(tmp_path):
+    """permcodec.load(iterator of byte chunks) is the streaming load, rules included."""
+    import torch
+    import permcodec
+    model = torch.nn.Linear(16, 8)
+    permcodec.init.apply_(model, seed=3)
+    p = tmp_path / "m.perm"
+    permcodec.save(model, p)
+    data = p.read_bytes()
+    chunks = iter([data[i:i + 100] for i in range(0, len(data), 100)])
+    state, rules = permcodec.load(chunks, rules=True)
+    want = permcodec.load(p)
+    assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in want)
+    assert rules == permcodec.rules_of(p)
