@@ -10,7 +10,7 @@ import pytest
 
 import permcodec
 from permcodec import tensors as T
-from permcodec.codecs import model, packed, uniform
+from permcodec.codecs import _model_ref, packed, uniform
 
 VECTORS = pathlib.Path(__file__).resolve().parents[1] / "formats" / "vectors"
 sys.path.insert(0, str(VECTORS))
@@ -24,7 +24,7 @@ def test_vector(fname, tmp_path):
     data = path.read_bytes()
     assert hashlib.sha256(data).hexdigest() == INDEX[fname]["sha256"]
     codec = mcv.FILES[fname][0]
-    ref = {"uniform": uniform, "model": model, "packed": packed}[codec].decode_reference
+    ref = {"uniform": uniform, "model": _model_ref, "packed": packed}[codec].decode_reference
     with permcodec.open(path) as f:
         for name, digest in INDEX[fname]["tensors"].items():
             arr = f.get_numpy(name, check_digest=True)

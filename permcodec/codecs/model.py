@@ -234,5 +234,3 @@ def worth(perm: np.ndarray, values: np.ndarray) -> bool:
     rows, n = perm.shape
     return rows * n <= EXACT_TRIALS or prospect(perm, values) < WORTH
 
-
-from ._model_ref import decode_reference  # noqa: E402  (the spec's twin needs the names above)
