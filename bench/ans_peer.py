@@ -28,8 +28,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from permcodec import perm as P  # noqa: E402
-from permcodec.codecs import uniform as U  # noqa: E402
+from permcodec import perm as P
+from permcodec.codecs import uniform as U
 
 CASES = [(1000, 100), (100, 784), (64, 4608), (16, 50000)]
 QUICK = [(20, 100), (4, 784)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import io
 import json
 import os
 import pathlib
@@ -152,7 +151,7 @@ def warm_up(codec_names, tmp):
     """Touch every path once (page-in, allocator warm-up), so that no timing includes it."""
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         lin = torch.nn.Linear(40, 30).to(dtype)
-        rules = permcodec.init.apply_(lin, seed=0, prune=0.5)
+        permcodec.init.apply_(lin, seed=0, prune=0.5)
         for codec in codec_names:
             try:
                 permcodec.save(lin, os.path.join(tmp, "warm.perm"), codec=codec)

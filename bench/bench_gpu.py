@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import permcodec  # noqa: E402
-from permcodec import gpu, perm as P  # noqa: E402
-from permcodec.codecs import packed  # noqa: E402
+import permcodec
+from permcodec import gpu, perm as P
+from permcodec.codecs import packed
 
 
 def rows_of(kind, rows, n, rng):

@@ -90,7 +90,8 @@ def build(args) -> None:
         else:
             t = torch.randn(shape, generator=g)
         state[name] = t
-    torch.save({"state": state, "rules": {k: r.to_dict() for k, r in rules.items()}}, os.path.join(args.dir, "model.pt"))
+    torch.save({"state": state, "rules": {k: r.to_dict() for k, r in rules.items()}},
+               os.path.join(args.dir, "model.pt"))
 
 
 BOMBS = {  # name: (shape, codec params or None for the model codec's own, payload)

@@ -3,7 +3,9 @@ tensor of .perm files (default: the trained fixtures in tests/data).
 
     python bench/codec_ratio.py [file.perm ...]
 """
-import pathlib, sys, time
+import pathlib
+import sys
+import time
 import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
@@ -31,5 +33,8 @@ for path in sys.argv[1:] or TRAINED:
         assert (d == p).all() and (U.decode(pu, bu, v) == p).all()
         m, u = len(bm) * 8, len(bu) * 8
         L += lim; Mb += m; Ub += u; Best += min(m, u)
-        print(f"{label(path):14s} {name:10s} {str(v.shape):11s} drift {drift(v, p):.3f} limit {lim/v.size:.3f} uniform {u/v.size:.3f} model {m/v.size:.3f} b/w  model/limit {m/lim:.3f}  model enc {v.size/te/1e6:.1f} dec {v.size/td/1e6:.1f} M/s")
-    print(f"{label(path):14s} TOTAL uniform/limit {Ub/L:.4f}  model/limit {Mb/L:.3f}  auto(best per tensor)/limit {Best/L:.3f}")
+        print(f"{label(path):14s} {name:10s} {str(v.shape):11s} drift {drift(v, p):.3f} limit {lim/v.size:.3f} "
+              f"uniform {u/v.size:.3f} model {m/v.size:.3f} b/w  model/limit {m/lim:.3f}  "
+              f"model enc {v.size/te/1e6:.1f} dec {v.size/td/1e6:.1f} M/s")
+    print(f"{label(path):14s} TOTAL uniform/limit {Ub/L:.4f}  model/limit {Mb/L:.3f}  "
+          f"auto(best per tensor)/limit {Best/L:.3f}")

@@ -23,11 +23,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import permcodec  # noqa: E402
-from permcodec import gpu, tensors as T  # noqa: E402
-from permcodec.api import to_torch  # noqa: E402
-from permcodec.codecs import uniform  # noqa: E402
-from permcodec.rules import make  # noqa: E402
+import permcodec
+from permcodec import gpu, tensors as T
+from permcodec.api import to_torch
+from permcodec.rules import make
 
 
 def sync(dev):

@@ -4,7 +4,8 @@ parameter per layer (fitted by grid search); ideal code length / uniform limit p
 
     python bench/lehmer_study.py [file.perm ...]
 """
-import pathlib, sys
+import pathlib
+import sys
 import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))

@@ -4,7 +4,9 @@ on two random-permutation tensors (where model loses).
 
     python bench/model_auto_cost.py runs/X/model.perm ...
 """
-import pathlib, sys, time
+import pathlib
+import sys
+import time
 import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))

@@ -4,7 +4,11 @@ tiled to a larger tensor, and a synthetic near-identity tensor.
 
     python bench/model_speed.py [--repeat 3]
 """
-import argparse, os, pathlib, sys, time
+import argparse
+import os
+import pathlib
+import sys
+import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 import numpy as np

@@ -42,9 +42,10 @@ except ImportError:  # --campaign runs without it
     atheris = None
 
 # the device path is left uninstrumented (it imports torch and Triton); the compiled core is C++
-with (atheris.instrument_imports(include=["permcodec"], exclude=["permcodec.gpu"]) if atheris else contextlib.nullcontext()):
-    import permcodec.format  # noqa: F401
-    import permcodec.shards  # noqa: F401
+with (atheris.instrument_imports(include=["permcodec"], exclude=["permcodec.gpu"]) if atheris
+      else contextlib.nullcontext()):
+    import permcodec.format
+    import permcodec.shards
     import permcodec.tensors  # noqa: F401
     from permcodec.errors import PermcodecError
 import msgpack  # noqa: E402

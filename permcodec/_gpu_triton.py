@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 
-from . import philox as _px
 from . import values as _v
 
 try:

@@ -465,7 +465,8 @@ def verify(path, model=None) -> Report:
         names = set(tensors) | set(aliases)
         if names != set(decoded):
             raise IntegrityError(f"model and file hold different tensors: only in model "
-                                 f"{sorted(names - set(decoded))[:10]}, only in file {sorted(set(decoded) - names)[:10]}")
+                                 f"{sorted(names - set(decoded))[:10]}, "
+                                 f"only in file {sorted(set(decoded) - names)[:10]}")
         for name, t in {**tensors, **{a: tensors[b] for a, b in aliases.items()}}.items():
             d = decoded[name]
             if t.dtype != d.dtype or t.shape != d.shape or not torch.equal(_bits(t), _bits(d)):

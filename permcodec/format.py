@@ -74,7 +74,8 @@ class Writer:
         header = dict(header, sections=self.sections)
         body = msgpack.packb(header, use_bin_type=True)
         if len(body) > MAX_HEADER:
-            raise FormatError(f"header of {len(body)} bytes exceeds the {MAX_HEADER}-byte limit: split the model into shards")
+            raise FormatError(f"header of {len(body)} bytes exceeds the {MAX_HEADER}-byte limit: "
+                              "split the model into shards")
         self._write(bytes(_pad(self.pos)))
         offset = self.pos
         self._write(body)
@@ -117,7 +118,8 @@ class Container:
         self.buf = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf.cast("B")
         size = len(self.buf)
         if size < DATA_START + TRAILER.size:
-            _fail(f"file is {size} bytes, shorter than the smallest permcodec file ({DATA_START + TRAILER.size}): truncated or not a permcodec file")
+            _fail(f"file is {size} bytes, shorter than the smallest permcodec file ({DATA_START + TRAILER.size}): "
+                  "truncated or not a permcodec file")
         magic, self.major, self.minor, flags = PREAMBLE.unpack_from(self.buf, 0)
         if magic != MAGIC:
             _fail("not a permcodec file: bad magic bytes at offset 0")
@@ -153,7 +155,8 @@ class Container:
         for i, s in enumerate(self.header["sections"]):
             off, length = s["offset"], s["length"]
             if off % ALIGN or off < pos or off - pos >= ALIGN:
-                _fail(f"section {i} at offset {off} does not follow section {i - 1} (ends at {pos}) with only alignment padding")
+                _fail(f"section {i} at offset {off} does not follow section {i - 1} (ends at {pos}) "
+                      "with only alignment padding")
             if any(self.buf[pos:off]):
                 _fail(f"padding before section {i} is not zero: corrupt file")
             pos = off + length

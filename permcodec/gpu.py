@@ -20,8 +20,6 @@ for it, and ``File.get_tensor`` then decodes on the CPU and copies.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 

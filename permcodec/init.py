@@ -94,8 +94,8 @@ def canonical_name(name: str) -> str:
 
 def _unwrap(model):
     while True:
-        inner = getattr(model, "_orig_mod", None) or (getattr(model, "module", None)
-                                                        if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None)
+        ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        inner = getattr(model, "_orig_mod", None) or (getattr(model, "module", None) if ddp else None)
         if inner is None:
             return model
         model = inner
@@ -136,7 +136,8 @@ def apply_(model: torch.nn.Module, *, seed: int, rule: str = "he_uniform", prune
     recorded = {}
     first_weight = next((n for n, _, pn in chosen if pn == "weight"), None)
     for full, p, pname in chosen:
-        rate = prune.get(full, 0.0) if isinstance(prune, dict) else (float(prune) if pname == "weight" and p.dim() > 1 else 0.0)
+        rate = (prune.get(full, 0.0) if isinstance(prune, dict)
+                else float(prune) if pname == "weight" and p.dim() > 1 else 0.0)
         if full == first_weight:
             rate = min(rate, input_prune_cap)
         if shared_value is not None:

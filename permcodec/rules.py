@@ -138,7 +138,8 @@ def make(family: str, shape, *, seed: int, name: str | None = None, stream: int 
             raise RuleError(f"rule {family!r} needs value= (bound, standard deviation or constant)")
         return Rule(family, float(value), seed, stream, threshold, label=family)
     if family not in FAMILIES:
-        raise RuleError(f"unknown initializer {family!r}: use one of {', '.join([*FAMILIES, 'uniform', 'normal', 'constant'])}")
+        known = ", ".join([*FAMILIES, "uniform", "normal", "constant"])
+        raise RuleError(f"unknown initializer {family!r}: use one of {known}")
     dist, default_mode, gain_name = FAMILIES[family]
     mode = mode or default_mode
     fan_in, fan_out = fans(shape)

@@ -30,7 +30,7 @@ def load_file(filename, device="cpu") -> dict:
     return load(filename, device)
 
 
-class safe_open:  # noqa: N801 - the name safetensors users type
+class safe_open:  # lower case: the name safetensors users type
     """A file (or sharded save) opened for reading one tensor at a time, safetensors-style."""
 
     def __init__(self, filename, framework: str = "pt", device="cpu"):

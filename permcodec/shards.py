@@ -31,7 +31,6 @@ writer (pid and boot id in the name) is no longer alive.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re

@@ -18,8 +18,6 @@ import os
 import tempfile
 from collections.abc import Iterator
 
-import torch
-
 from . import api
 from .errors import FormatError, PermcodecError
 

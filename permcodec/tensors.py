@@ -245,13 +245,15 @@ def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> n
         raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} failed on the payload: {e!r}") from None
     if fused is not None:
         if not isinstance(p, np.ndarray) or p.shape != v.shape or p.dtype != v.dtype:
-            raise FormatError(f"tensor {entry['name']!r}: codec returned {getattr(p, 'shape', p)!r}, expected {v.shape}")
+            raise FormatError(f"tensor {entry['name']!r}: codec returned {getattr(p, 'shape', p)!r}, "
+                              f"expected {v.shape}")
         return p.reshape(entry["shape"])
     if not isinstance(p, np.ndarray) or p.shape != v.shape or p.dtype.kind not in "iu":
         raise FormatError(f"tensor {entry['name']!r}: codec returned {getattr(p, 'shape', p)!r}, expected {v.shape}")
     # whatever the codec does, its output must be a permutation
     try:
-        return _perm.check_apply(v, p, f"permutation of {entry['name']!r} (codec {module.NAME!r})").reshape(entry["shape"])
+        what = f"permutation of {entry['name']!r} (codec {module.NAME!r})"
+        return _perm.check_apply(v, p, what).reshape(entry["shape"])
     except MemoryError:
         raise _out_of_memory(entry) from None
 

@@ -1,5 +1,4 @@
 """Shared helpers for tests: models whose permuted tensors are rearranged at random."""
-import numpy as np
 import torch
 
 import permcodec

@@ -119,7 +119,8 @@ def test_compile_prefix_and_load_into(tmp_path):
     rules = {"_orig_mod." + k: v for k, v in permcodec.init.rules_of(m).items()}
     permcodec.save(sd, tmp_path / "c.perm", rules=rules)
     assert "0.weight" in permcodec.load(tmp_path / "c.perm")
-    fresh = torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.ReLU(), torch.nn.Linear(20, 5), torch.nn.BatchNorm1d(5))
+    fresh = torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.ReLU(), torch.nn.Linear(20, 5),
+                                torch.nn.BatchNorm1d(5))
     permcodec.load_into(fresh, tmp_path / "c.perm")
     for k, v in m.state_dict().items():
         assert bit_equal(v, fresh.state_dict()[k])
@@ -164,7 +165,8 @@ def test_rule_errors():
 
 def test_rules_must_name_existing_tensors(tmp_path):
     with pytest.raises(permcodec.RuleError, match="not in the model"):
-        permcodec.save({"a": torch.zeros(2)}, tmp_path / "x.perm", rules={"b": make("he_uniform", (2,), seed=0, name="b")})
+        permcodec.save({"a": torch.zeros(2)}, tmp_path / "x.perm",
+                       rules={"b": make("he_uniform", (2,), seed=0, name="b")})
 
 
 @pytest.mark.parametrize("cut", [0, 10, 63, 100, -1, -64, -65])

@@ -13,7 +13,7 @@ from permcodec.rules import make
 from helpers import bit_equal, shuffle_rows_
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "fuzz"))
-import kit  # noqa: E402
+import kit
 
 
 def saved(tmp_path):

@@ -31,7 +31,7 @@ def run_threads(fn):
         try:
             barrier.wait()
             results[i] = fn()
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # any failure, reported below
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]

@@ -116,7 +116,8 @@ def test_sigkill_during_save(tmp_path, sharded):
 
 def _ours(name, target):
     stem = os.path.splitext(target.name)[0]
-    return name == target.name or name == target.name + ".index.json" or (name.startswith(stem + "-") and name.endswith(".perm"))
+    return (name == target.name or name == target.name + ".index.json"
+            or (name.startswith(stem + "-") and name.endswith(".perm")))
 
 
 def check_target(target, models) -> str:

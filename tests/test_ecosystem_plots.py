@@ -3,7 +3,7 @@ import pytest
 import torch
 
 pytest.importorskip("matplotlib")
-from trainers import cli, instruments  # noqa: E402
+from trainers import cli, instruments
 
 
 def _texts(fig):

@@ -6,7 +6,6 @@ headers built field by field; hand-made bombs with a tracemalloc bound; and the 
 every single-byte change of a small file is detected. PERMCODEC_DEEP=1 runs more examples.
 """
 import copy
-import math
 import os
 import pathlib
 import struct
@@ -104,7 +103,8 @@ def test_random_bytes(data):
 # ---- hostile headers ----------------------------------------------------------------------------
 scalars = st.one_of(
     st.none(), st.booleans(), st.floats(allow_nan=True), st.text(max_size=12), st.binary(max_size=40),
-    st.integers(-2**63, 2**64 - 1), st.sampled_from([0, 1, 63, 64, 65, 2**31, 2**32, 2**48, 2**48 + 1, 2**63, 2**64 - 1]),
+    st.integers(-2**63, 2**64 - 1),
+    st.sampled_from([0, 1, 63, 64, 65, 2**31, 2**32, 2**48, 2**48 + 1, 2**63, 2**64 - 1]),
     st.sampled_from(["raw", "permuted", "alias", "none", "zstd", "shuffle+zstd", "plain", "uniform", "rows",
                      "float32", "bfloat16", "bool", "int64", "fc.weight", "fc.bias", "tied"]))
 values = st.recursive(scalars, lambda inner: st.one_of(

@@ -129,7 +129,8 @@ def test_value_path_pinned():
     for fam in ("he_uniform", "he_normal", "glorot_uniform"):
         r = make(fam, (100, 784), seed=1234, name="fc1.weight", prune=0.5)
         got[fam] = hashlib.sha256(r.values((100, 784), "float32").tobytes()).hexdigest()[:16]
-    import json, pathlib
+    import json
+    import pathlib
     golden = pathlib.Path(__file__).parent / "data" / "value_digests.json"
     if not golden.exists():
         pytest.fail(f"missing {golden}: expected {json.dumps(got)}")
@@ -159,7 +160,8 @@ import torch
 torch.set_num_threads(int(sys.argv[1]))
 from permcodec.rules import make
 h = hashlib.sha256()
-for fam, dt in [("he_uniform", "float32"), ("he_normal", "bfloat16"), ("glorot_normal", "float64"), ("lecun_uniform", "float16")]:
+for fam, dt in [("he_uniform", "float32"), ("he_normal", "bfloat16"), ("glorot_normal", "float64"),
+                ("lecun_uniform", "float16")]:
     r = make(fam, (300, 1000), seed=99, name=fam, prune=0.1)
     h.update(r.values((300, 1000), dt).tobytes())
 print(h.hexdigest())
@@ -171,6 +173,7 @@ def test_same_bytes_in_other_processes_and_thread_counts():
     outs = set()
     for threads, simd in (("1", "auto"), ("2", "auto"), ("4", "portable")):
         env = dict(os.environ, PERMCODEC_NUM_THREADS=threads, OMP_NUM_THREADS=threads, PERMCODEC_SIMD=simd)
-        out = subprocess.run([sys.executable, "-c", SCRIPT, threads], capture_output=True, text=True, env=env, check=True)
+        out = subprocess.run([sys.executable, "-c", SCRIPT, threads], capture_output=True, text=True, env=env,
+                             check=True)
         outs.add(out.stdout.strip())
     assert len(outs) == 1

@@ -237,16 +237,20 @@ MUST_REJECT = {
     "end-magic": raw(lambda b: _setitem(b, len(b) - 2, ord("X"))),
     "reserved-trailer": raw(lambda b: _setitem(b, len(b) - 12, 1)),
     "header-too-long": raw(lambda b: bytes(b[:-56]) + struct.pack("<Q", fmt.MAX_HEADER + 1) + bytes(b[-48:])),
-    "header-offset-unaligned": raw(lambda b: bytes(b[:-64]) + struct.pack("<Q", struct.unpack_from("<Q", b, len(b) - 64)[0] + 8) + bytes(b[-56:])),
+    "header-offset-unaligned": raw(lambda b: bytes(b[:-64])
+                                   + struct.pack("<Q", struct.unpack_from("<Q", b, len(b) - 64)[0] + 8)
+                                   + bytes(b[-56:])),
     "header-offset-low": raw(lambda b: bytes(b[:-64]) + struct.pack("<Q", 0) + bytes(b[-56:])),
     "file-size-mismatch": raw(lambda b: reseal(bytes(b[:-64]) + bytes(64) + bytes(b[-64:]))),
     "trailer-digest": raw(lambda b: _setitem(b, len(b) - 30, b[len(b) - 30] ^ 1)),
     # 8: header bytes
     "header-not-msgpack": raw(lambda b: with_header_bytes(bytes(b), b"\xc1" * 40)),
-    "header-trailing-bytes": raw(lambda b: with_header_bytes(bytes(b), msgpack.packb({"sections": [], "tensors": []}) + b"\x00")),
+    "header-trailing-bytes": raw(lambda b: with_header_bytes(
+        bytes(b), msgpack.packb({"sections": [], "tensors": []}) + b"\x00")),
     "header-not-a-map": raw(lambda b: with_header_bytes(bytes(b), msgpack.packb([1, 2]))),
     "header-int-key": raw(lambda b: with_header_bytes(bytes(b), msgpack.packb({"sections": [], "tensors": [], 1: 2}))),
-    "header-bad-utf8": raw(lambda b: with_header_bytes(bytes(b), b"\x82\xa8sections\x90\xa7tensors\x91\x81\xa4name\xa2\xff\xfe")),
+    "header-bad-utf8": raw(lambda b: with_header_bytes(
+        bytes(b), b"\x82\xa8sections\x90\xa7tensors\x91\x81\xa4name\xa2\xff\xfe")),
     # 9: top level and sections
     "no-sections": edit(lambda h: h.pop("sections")),
     "no-tensors": edit(lambda h: h.pop("tensors")),

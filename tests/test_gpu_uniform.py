@@ -2,7 +2,6 @@
 tensors here, compiled on CUDA under -m gpu) equals uniform.decode_reference bit for bit, rejects
 corrupt streams, and the gpu layout stays within +0.1% of the information limit."""
 import os
-import subprocess
 import sys
 
 import numpy as np

@@ -47,7 +47,7 @@ NEED = 2**37
 @functools.lru_cache(maxsize=None)
 def schedule(radices: tuple) -> tuple:
     """packed.md §4: K_t for the radices."""
-    T, P, tail = len(radices), 1, len(radices)
+    P, tail = 1, len(radices)
     while tail > 0 and P * radices[tail - 1] < NEED:
         tail -= 1
         P *= radices[tail]

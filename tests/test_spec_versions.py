@@ -23,7 +23,8 @@ def with_codec_version(src, dst, name, version):
     return dst
 
 
-@pytest.mark.parametrize("fname,name", [("codec_model_near.perm", "fc1.weight"), ("codec_uniform_dense.perm", "fc1.weight"),
+@pytest.mark.parametrize("fname,name", [("codec_model_near.perm", "fc1.weight"),
+                                        ("codec_uniform_dense.perm", "fc1.weight"),
                                         ("codec_packed_dense.perm", "fc2.weight"), ("tiny.perm", "w")])
 def test_explicit_version_1_reads_as_absent(fname, name, tmp_path):
     path = with_codec_version(VECTORS / fname, tmp_path / fname, name, 1)

@@ -57,7 +57,7 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
     a, b = (permcodec.load(tmp_path / d / "model.perm") for d in "ab")
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
     la, lb = (json.loads((tmp_path / d / "log.json").read_text()) for d in "ab")
-    drop = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa
+    drop = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]
     assert drop(la["epochs"]) == drop(lb["epochs"])
 
 
@@ -111,7 +111,7 @@ def test_ranking_distance_matches_definition():
 
 
 def test_cli_flags_and_recipes_make_the_config():
-    parse = lambda *a: cli.config_from(cli.train_parser().parse_args(list(a)))  # noqa: E731
+    parse = lambda *a: cli.config_from(cli.train_parser().parse_args(list(a)))
     main_job = parse()
     assert (main_job.model, main_job.k, main_job.epochs, main_job.out) == ("mlp", 20, 30, "runs/mlp")
     f1 = parse("--recipe", "f1", "--data", "embedded", "--k-schedule", "0:20,100:250")

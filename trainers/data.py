@@ -247,7 +247,7 @@ def load(name: str = "embedded", *, root=None, normalize: str | None = None,
     elif normalize != "unit":
         raise DataError(f"normalize must be 'unit' or 'zscore', got {normalize!r}")
     ident = {**ident, "n_train": len(y), "n_test": len(yt), "normalize": normalize}
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     return Dataset(name, t(x), torch.from_numpy(y), t(xt), torch.from_numpy(yt), ident,
                    "cifar" if name == "cifar10" else "mnist")
 

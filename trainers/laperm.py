@@ -223,7 +223,7 @@ class LaPerm(torch.optim.Optimizer):
         self.defaults = self.base.defaults
 
     @property
-    def state(self):  # noqa: D102 - the base optimizer's per-parameter state
+    def state(self):  # the base optimizer's per-parameter state
         return self.base.state
 
     def __getstate__(self):

@@ -14,7 +14,6 @@ for bit. Works on CPU with the gloo backend.
 """
 from __future__ import annotations
 
-import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict

@@ -94,7 +94,8 @@ def mixed():
     s["bytes"] = torch.arange(256, dtype=torch.int64).to(torch.uint8)
     s["half"] = filler("half", (4, 4), torch.float16)
     s["empty"] = torch.zeros(0, 3)
-    return s, r, {"description": "mixed dtypes: f64/f16/bf16/f32 permuted, raw int/bool/uint8/bf16/f16, an alias, an empty tensor",
+    return s, r, {"description": "mixed dtypes: f64/f16/bf16/f32 permuted, raw int/bool/uint8/bf16/f16, "
+                                  "an alias, an empty tensor",
                   "epoch": 3, "lr": 0.001}
 
 

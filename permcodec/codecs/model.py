@@ -68,7 +68,8 @@ def check_params(params: dict, rows: int, n: int):
     if (not isinstance(lags, list) or len(lags) > MAX_LAGS
             or any(not isinstance(L, int) or isinstance(L, bool) or not 1 <= L < max(n, 1) for L in lags)
             or any(a >= b for a, b in zip(lags, lags[1:]))):
-        raise FormatError(f"model codec param lags must be at most {MAX_LAGS} increasing integers in [1, n-1], got {lags!r}")
+        raise FormatError(f"model codec param lags must be at most {MAX_LAGS} increasing integers in [1, n-1], "
+                          f"got {lags!r}")
     frozen = (np.unpackbits(np.frombuffer(bytes(fz), np.uint8), bitorder="little")[:n] if fz
               else np.zeros(n, np.uint8))
     return lanes, seg, frozen, np.array(lags, np.int64)
