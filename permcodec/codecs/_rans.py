@@ -130,3 +130,16 @@ class Reader:
     def finish(self) -> None:
         if self.pos != len(self.words) or any(x != LOW for x in self.x):
             raise FormatError("rANS stream does not end in the initial state: corrupt payload")
+
+
+def segments_covering(payload, rows: int, n: int, lanes: int, seg: int, start: int, stop: int):
+    """(lo, hi, segment_rows, payload) of the whole segments that cover rows [start, stop) of a
+    framed payload (start < stop): segments decode independently (uniform.md §2), so the rows
+    [lo, hi) decode from this smaller payload with these params as they do from the whole one."""
+    nseg = 0 if rows * n == 0 else -(-rows // seg)
+    words, bounds = unframe(payload, nseg, lanes)
+    g0, g1 = start // seg, -(-stop // seg)
+    lo, hi = g0 * seg, min(rows, g1 * seg)
+    head = np.diff(bounds[g0:g1]).astype("<u4")     # the sub-payload's segment table
+    body = words[bounds[g0]:bounds[g1]].astype("<u4")
+    return lo, hi, min(seg, hi - lo), head.tobytes() + body.tobytes()

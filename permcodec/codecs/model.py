@@ -136,6 +136,15 @@ def decode_values(params: dict, payload, values: np.ndarray) -> np.ndarray:
     return _decode(params, payload, values, out, True).view(values.dtype)
 
 
+def rows_payload(params: dict, payload, rows: int, n: int, start: int, stop: int, initial=None):
+    """(lo, hi, params, payload) decoding rows [lo, hi) ⊇ [start, stop): the covering segments
+    (count tables restart at every segment, formats/codecs/model.md §5b-6)."""
+    lanes, seg, _, _ = check_params(params, rows, n)
+    unframe(payload, rows, n, lanes, seg)
+    lo, hi, sub_seg, sub = _rans.segments_covering(payload, rows, n, lanes, seg, start, stop)
+    return lo, hi, {**params, "segment_rows": sub_seg}, sub
+
+
 # ---- encoding ------------------------------------------------------------------------------
 def _encode_with(keys, perm, rows, n, lanes, seg, frozen, lags):
     """(params, payload) with the given options, or None if a frozen column changes order."""

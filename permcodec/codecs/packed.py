@@ -327,3 +327,64 @@ def decode_reference(params: dict, payload, values: np.ndarray) -> np.ndarray:
             row[sorted(slot_of[int(s)] for s in members)] = members
         row[sorted(free[:len(L)])] = L
     return perm
+
+
+# ---- rows of a tensor ----------------------------------------------------------------------
+LAYOUT_CHUNK = 1 << 20   # weights whose initial values rows_payload holds at a time
+
+
+def layout_bits(bits: np.ndarray) -> np.ndarray:
+    """Bits of each row's layout (int64[rows]) from its values' bit patterns (a tensor with ties):
+    its classes of equal patterns give (m, k) and row_mode picks the layout, as the core does."""
+    rows, n = bits.shape
+    s = np.sort(bits, axis=1)
+    start = np.ones((rows, n), bool)
+    start[:, 1:] = s[:, 1:] != s[:, :-1]
+    first = np.flatnonzero(start.reshape(-1))
+    m = np.zeros(rows, np.int64)
+    np.maximum.at(m, first // n, np.diff(np.append(first, rows * n)))
+    k = start.sum(axis=1)
+    cost = {}
+    for mk in set(zip(m.tolist(), k.tolist())):
+        perm, seq = _core.packed_row_bits(PERM, n, mk[0]), _core.packed_row_bits(SEQ, n, mk[1])
+        cost[mk] = seq if mk[1] > 1 and seq < perm else perm
+    return np.array([cost[mk] for mk in zip(m.tolist(), k.tolist())], np.int64)
+
+
+def _bit_range(payload, first: int, last: int) -> bytes:
+    """Bits [first, last) of ``payload`` as a payload of their own (MSB first, zero-padded)."""
+    if last > 8 * len(payload):
+        raise FormatError(f"packed payload is {len(payload)} bytes, its rows need at least {(last + 7) // 8}: "
+                          f"corrupt payload")
+    size = (last - first + 7) // 8
+    b0, shift = first // 8, first % 8
+    src = np.zeros(size + 1, np.uint16)
+    got = np.frombuffer(payload, np.uint8)[b0:b0 + size + 1]
+    src[:got.size] = got
+    out = ((src[:-1] << shift) | (src[1:] >> (8 - shift))).astype(np.uint8)
+    if (last - first) % 8:
+        out[-1] &= (0xFF << (8 - (last - first) % 8)) & 0xFF
+    return out.tobytes()
+
+
+def rows_payload(params: dict, payload, rows: int, n: int, start: int, stop: int, initial):
+    """(start, stop, params, payload) decoding rows [start, stop) alone: rows follow each other
+    without padding, so only their bits are cut out. Without ties every row has one layout; with
+    ties the rows above ``start`` are sized from their initial values (``initial(lo, hi)``, taken
+    LAYOUT_CHUNK weights at a time), never decoded."""
+    ties = _ties(params)
+    _check_n(n)
+    if n < 2:
+        return start, stop, params, b""
+    if not ties:
+        per = _core.packed_row_bits(PERM, n, 1)
+        return start, stop, params, _bit_range(payload, start * per, stop * per)
+    step = max(1, LAYOUT_CHUNK // n)
+    first = last = 0
+    for lo in range(0, stop, step):
+        hi = min(stop, lo + step)
+        sizes = layout_bits(_bits(initial(lo, hi)))
+        before = max(0, min(hi, start) - lo)
+        first += int(sizes[:before].sum())
+        last += int(sizes.sum())
+    return start, stop, params, _bit_range(payload, first, last)

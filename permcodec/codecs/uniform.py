@@ -163,3 +163,10 @@ def _decode(params, payload, values, out, perm: bool) -> None:
     rows, n = values.shape
     lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
     _core.uniform_decode(keys_of(values), payload, lanes, seg, out, perm)
+
+
+def rows_payload(params: dict, payload, rows: int, n: int, start: int, stop: int, initial=None):
+    """(lo, hi, params, payload) decoding rows [lo, hi) ⊇ [start, stop): the covering segments."""
+    lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
+    lo, hi, sub_seg, sub = _rans.segments_covering(payload, rows, n, lanes, seg, start, stop)
+    return lo, hi, {**params, "segment_rows": sub_seg}, sub
