@@ -333,24 +333,6 @@ def decode_reference(params: dict, payload, values: np.ndarray) -> np.ndarray:
 LAYOUT_CHUNK = 1 << 20   # weights whose initial values rows_payload holds at a time
 
 
-def layout_bits(bits: np.ndarray) -> np.ndarray:
-    """Bits of each row's layout (int64[rows]) from its values' bit patterns (a tensor with ties):
-    its classes of equal patterns give (m, k) and row_mode picks the layout, as the core does."""
-    rows, n = bits.shape
-    s = np.sort(bits, axis=1)
-    start = np.ones((rows, n), bool)
-    start[:, 1:] = s[:, 1:] != s[:, :-1]
-    first = np.flatnonzero(start.reshape(-1))
-    m = np.zeros(rows, np.int64)
-    np.maximum.at(m, first // n, np.diff(np.append(first, rows * n)))
-    k = start.sum(axis=1)
-    cost = {}
-    for mk in set(zip(m.tolist(), k.tolist())):
-        perm, seq = _core.packed_row_bits(PERM, n, mk[0]), _core.packed_row_bits(SEQ, n, mk[1])
-        cost[mk] = seq if mk[1] > 1 and seq < perm else perm
-    return np.array([cost[mk] for mk in zip(m.tolist(), k.tolist())], np.int64)
-
-
 def _bit_range(payload, first: int, last: int) -> bytes:
     """Bits [first, last) of ``payload`` as a payload of their own (MSB first, zero-padded)."""
     if last > 8 * len(payload):
@@ -370,8 +352,8 @@ def _bit_range(payload, first: int, last: int) -> bytes:
 def rows_payload(params: dict, payload, rows: int, n: int, start: int, stop: int, initial):
     """(start, stop, params, payload) decoding rows [start, stop) alone: rows follow each other
     without padding, so only their bits are cut out. Without ties every row has one layout; with
-    ties the rows above ``start`` are sized from their initial values (``initial(lo, hi)``, taken
-    LAYOUT_CHUNK weights at a time), never decoded."""
+    ties the rows above ``start`` are sized by the core's layout pass over their initial values
+    (``initial(lo, hi)``, LAYOUT_CHUNK weights at a time), never decoded."""
     ties = _ties(params)
     _check_n(n)
     if n < 2:
@@ -380,11 +362,8 @@ def rows_payload(params: dict, payload, rows: int, n: int, start: int, stop: int
         per = _core.packed_row_bits(PERM, n, 1)
         return start, stop, params, _bit_range(payload, start * per, stop * per)
     step = max(1, LAYOUT_CHUNK // n)
-    first = last = 0
-    for lo in range(0, stop, step):
-        hi = min(stop, lo + step)
-        sizes = layout_bits(_bits(initial(lo, hi)))
-        before = max(0, min(hi, start) - lo)
-        first += int(sizes[:before].sum())
-        last += int(sizes.sum())
+    first = 0
+    for lo in range(0, start, step):
+        first += _core.packed_layout_bits(_bits(initial(lo, min(start, lo + step))), True)
+    last = first + _core.packed_layout_bits(_bits(initial(start, stop)), True)
     return start, stop, params, _bit_range(payload, first, last)
