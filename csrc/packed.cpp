@@ -946,6 +946,18 @@ void init_packed(py::module_& m) {
         check_layout_args(mode, n, p);
         return row_bits(mode, n, p);
     }, py::arg("mode"), py::arg("n"), py::arg("p"), "bits of a row layout");
+    m.def("packed_layout_bits", [](const py::array& raw_, bool ties) {
+        const py::array raw = rows_of(raw_, "values");
+        const int64_t rows = raw.shape(0), n = raw.shape(1);
+        check_n(n);
+        return by_width(raw, [&](auto zero) -> int64_t {
+            using U = decltype(zero);
+            BitsMemo memo(n);
+            py::gil_scoped_release nogil;
+            return plan(static_cast<const U*>(raw.data()), rows, n, ties, memo).total();
+        });
+    }, py::arg("bits"), py::arg("ties"),
+          "bits these rows take in a payload (the decoders' layout pass): where a row slice starts");
     m.def("packed_scratch_bytes", &scratch_bytes, py::arg("n"), py::arg("itemsize"),
           "upper bound of one thread's scratch for rows of n weights");
 }

@@ -89,6 +89,13 @@ class File:
                                  f"(decoder or generator mismatch): report this with the file")
         return arr
 
+    def get_rows(self, name, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) along dim 0 of ``name`` (0 <= start <= stop <= shape[0]), decoding
+        only what covers them where the codec allows (tensors.decode_rows)."""
+        from . import tensors as T
+        e = self.entry(name)
+        return T.decode_rows(e, self.container.section(e["section"]), start, stop)
+
     def close(self):
         mm, self._mm = getattr(self, "_mm", None), None
         self.container = None

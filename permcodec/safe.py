@@ -73,7 +73,8 @@ class safe_open:  # lower case: the name safetensors users type
 
 class Slice:
     """``f.get_slice(name)``: shape and dtype from the header; ``[a:b]`` (any index) gives part of
-    the tensor. Today the whole tensor is decoded and then indexed."""
+    the tensor. A slice along dim 0 without a step (``[a:b]``, ``[a:b, ...]``) decodes only the
+    rows it needs (tensors.decode_rows); any other index decodes the whole tensor, then indexes it."""
 
     def __init__(self, owner: safe_open, name):
         self._owner, self.name = owner, name
@@ -86,4 +87,14 @@ class Slice:
         return self._e["dtype"]
 
     def __getitem__(self, index):
-        return self._owner.get_tensor(self.name)[index]
+        head, rest = (index[0], index[1:]) if isinstance(index, tuple) and index else (index, None)
+        f = self._owner._f
+        if (not isinstance(head, slice) or head.step not in (None, 1) or not self._e["shape"]
+                or not hasattr(f, "get_rows")):
+            return self._owner.get_tensor(self.name)[index]
+        start, stop, _ = head.indices(self._e["shape"][0])
+        arr = f.get_rows(self.name, start, max(start, stop))
+        if self._owner.framework == "pt":
+            from .api import to_torch
+            arr = to_torch(arr, self._e["dtype"], self._owner.device)
+        return arr if rest is None else arr[(slice(None),) + rest]

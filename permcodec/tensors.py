@@ -21,6 +21,7 @@ import zstandard
 from . import codecs, dtypes, perm as _perm
 from .errors import FormatError, PermcodecError, VersionError
 from .rules import Rule
+from .values import generate
 
 
 def digest(arr: np.ndarray) -> bytes:
@@ -116,11 +117,15 @@ def _decode_raw(entry: dict, payload) -> np.ndarray:
 
 
 # ---- permuted tensors --------------------------------------------------------------------
-def initial_rows(entry: dict) -> np.ndarray:
-    """The initial values of a permuted tensor as (rows, n)."""
+def initial_rows(entry: dict, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """The initial values of rows [lo, hi) of a permuted tensor as (hi - lo, n): the generator is
+    counter-based, so rows below ``lo`` are never generated."""
     rule = Rule.from_dict(entry["init"])
     rows, n = _perm.as_rows(entry["shape"])
-    return rule.values((rows, n), entry["dtype"])
+    if lo == 0 and hi is None:
+        return rule.values((rows, n), entry["dtype"])
+    hi = rows if hi is None else hi
+    return generate(rule, (hi - lo) * n, entry["dtype"], start=lo * n).reshape(hi - lo, n)
 
 
 def codec_of(entry: dict):
@@ -256,6 +261,33 @@ def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> n
         return _perm.check_apply(v, p, what).reshape(entry["shape"])
     except MemoryError:
         raise _out_of_memory(entry) from None
+
+
+def decode_rows(entry: dict, payload, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) along dim 0 (0 <= start <= stop <= shape[0]) of a tensor, equal bit for
+    bit to ``decode(entry, payload)[start:stop]``. A permuted tensor whose codec has
+    ``rows_payload`` (packed, uniform, model) decodes only the rows, or segments, covering the
+    slice, after the whole payload's checks; raw tensors, 1-D tensors and other codecs decode whole."""
+    shape = list(entry["shape"])
+    module = codec_of(entry)[0] if entry["kind"] == "permuted" else None
+    cut = getattr(module, "rows_payload", None)
+    if cut is None or len(shape) < 2 or math.prod(shape) == 0:
+        return decode(entry, payload)[start:stop]
+    module, params = check_permuted(entry, payload)
+    if start >= stop:
+        return np.empty([0] + shape[1:], dtypes.storage(entry["dtype"]))
+    rows, n = _perm.as_rows(shape)
+    try:
+        lo, hi, sub_params, sub = cut(params, payload, rows, n, start, stop, lambda a, b: initial_rows(entry, a, b))
+    except PermcodecError:
+        raise
+    except MemoryError:
+        raise _out_of_memory(entry) from None
+    except Exception as e:
+        raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} rejects the payload: {e!r}") from None
+    part = {**entry, "shape": [hi - lo] + shape[1:], "codec": {**entry["codec"], **sub_params}}
+    out = decode_permuted(part, sub, initial_rows(entry, lo, hi))
+    return out[start - lo:stop - lo]
 
 
 def decode(entry: dict, payload) -> np.ndarray:

@@ -40,13 +40,19 @@ def frame(segments: list) -> bytes:
 def unframe(payload, nseg: int, lanes: int) -> tuple[np.ndarray, np.ndarray]:
     """(words as uint32, segment bounds int64[nseg+1]) after checking that the segments tile the
     payload exactly and each holds at least its lanes' states."""
+    words, bounds = framing(payload, nseg, lanes)
+    return words.astype(np.uint32), bounds
+
+
+def framing(payload, nseg: int, lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """unframe's checks and bounds, the words a view of ``payload`` (nothing copied)."""
     if len(payload) % 4:
         raise FormatError(f"rANS payload is {len(payload)} bytes, not a whole number of 32-bit words")
     words = np.frombuffer(payload, "<u4")
     if nseg < 1:
         if words.size:
             raise FormatError("rANS payload has data but the tensor has no symbols")
-        return words.astype(np.uint32), np.zeros(1, np.int64)
+        return words, np.zeros(1, np.int64)
     if words.size < nseg - 1:
         raise FormatError(f"rANS payload too short for its {nseg - 1}-word segment table")
     sizes = words[: nseg - 1].astype(np.int64)
@@ -57,7 +63,7 @@ def unframe(payload, nseg: int, lanes: int) -> tuple[np.ndarray, np.ndarray]:
     if (np.diff(bounds) < 2 * lanes).any():
         raise FormatError("rANS segment table does not tile the payload (a segment is shorter than "
                           "its lanes' states or the lengths overrun the payload)")
-    return words.astype(np.uint32), bounds
+    return words, bounds
 
 
 def check_layout(params: dict, keys: tuple, rows: int, n: int, name: str) -> tuple[int, int]:
@@ -130,3 +136,16 @@ class Reader:
     def finish(self) -> None:
         if self.pos != len(self.words) or any(x != LOW for x in self.x):
             raise FormatError("rANS stream does not end in the initial state: corrupt payload")
+
+
+def segments_covering(payload, rows: int, n: int, lanes: int, seg: int, start: int, stop: int):
+    """(lo, hi, segment_rows, payload) of the whole segments that cover rows [start, stop) of a
+    framed payload (start < stop): segments decode independently (uniform.md §2), so the rows
+    [lo, hi) decode from this smaller payload with these params as they do from the whole one.
+    Only those segments' words are copied."""
+    nseg = 0 if rows * n == 0 else -(-rows // seg)
+    words, bounds = framing(payload, nseg, lanes)
+    g0, g1 = start // seg, -(-stop // seg)
+    lo, hi = g0 * seg, min(rows, g1 * seg)
+    head = np.diff(bounds[g0:g1]).astype("<u4")     # the sub-payload's segment table
+    return lo, hi, min(seg, hi - lo), head.tobytes() + words[bounds[g0]:bounds[g1]].tobytes()

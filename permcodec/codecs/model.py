@@ -86,11 +86,17 @@ def unframe(payload, rows: int, n: int, lanes: int, seg: int):
     """(words, segment bounds) of a payload, after _rans.unframe's checks and the length checks
     above: in total (before the words are copied) and per segment (its lanes' states and at most
     one stream word per symbol)."""
+    words, bounds = framed(payload, rows, n, lanes, seg)
+    return words.astype(np.uint32), bounds
+
+
+def framed(payload, rows: int, n: int, lanes: int, seg: int):
+    """unframe's checks and bounds, the words a view of ``payload`` (check_payload copies nothing)."""
     if len(payload) > 4 * max_words(rows, n, lanes, seg):
         raise FormatError(f"model payload is {len(payload)} bytes, longer than any encoding of a "
                           f"{rows}x{n} tensor ({4 * max_words(rows, n, lanes, seg)} bytes at most)")
     nseg = _nseg(rows, n, seg)
-    words, bounds = _rans.unframe(payload, nseg, lanes)
+    words, bounds = _rans.framing(payload, nseg, lanes)
     if nseg:
         symbols = np.minimum(seg, rows - seg * np.arange(nseg, dtype=np.int64)) * n
         over = np.flatnonzero(np.diff(bounds) > 2 * lanes + symbols)
@@ -102,7 +108,7 @@ def unframe(payload, rows: int, n: int, lanes: int, seg: int):
 def check_payload(params: dict, payload, rows: int, n: int) -> None:
     """Reject bad params or framing before the initial values are generated."""
     lanes, seg, _, _ = check_params(params, rows, n)
-    unframe(payload, rows, n, lanes, seg)
+    framed(payload, rows, n, lanes, seg)
 
 
 def working_bytes(params: dict, rows: int, n: int, itemsize: int) -> int:
@@ -135,6 +141,15 @@ def decode_values(params: dict, payload, values: np.ndarray) -> np.ndarray:
     row is a permutation by construction, each position taking one remaining item)."""
     out = np.empty(values.shape, np.dtype(f"u{values.dtype.itemsize}"))
     return _decode(params, payload, values, out, True).view(values.dtype)
+
+
+def rows_payload(params: dict, payload, rows: int, n: int, start: int, stop: int, initial=None):
+    """(lo, hi, params, payload) decoding rows [lo, hi) ⊇ [start, stop): the covering segments
+    (count tables restart at every segment, formats/codecs/model.md §5b-6). The payload has
+    passed check_payload (tensors.decode_rows)."""
+    lanes, seg, _, _ = check_params(params, rows, n)
+    lo, hi, sub_seg, sub = _rans.segments_covering(payload, rows, n, lanes, seg, start, stop)
+    return lo, hi, {**params, "segment_rows": sub_seg}, sub
 
 
 # ---- encoding ------------------------------------------------------------------------------

@@ -327,3 +327,43 @@ def decode_reference(params: dict, payload, values: np.ndarray) -> np.ndarray:
             row[sorted(slot_of[int(s)] for s in members)] = members
         row[sorted(free[:len(L)])] = L
     return perm
+
+
+# ---- rows of a tensor ----------------------------------------------------------------------
+LAYOUT_CHUNK = 1 << 20   # weights whose initial values rows_payload holds at a time
+
+
+def _bit_range(payload, first: int, last: int) -> bytes:
+    """Bits [first, last) of ``payload`` as a payload of their own (MSB first, zero-padded)."""
+    if last > 8 * len(payload):
+        raise FormatError(f"packed payload is {len(payload)} bytes, its rows need at least {(last + 7) // 8}: "
+                          f"corrupt payload")
+    size = (last - first + 7) // 8
+    b0, shift = first // 8, first % 8
+    src = np.zeros(size + 1, np.uint16)
+    got = np.frombuffer(payload, np.uint8)[b0:b0 + size + 1]
+    src[:got.size] = got
+    out = ((src[:-1] << shift) | (src[1:] >> (8 - shift))).astype(np.uint8)
+    if (last - first) % 8:
+        out[-1] &= (0xFF << (8 - (last - first) % 8)) & 0xFF
+    return out.tobytes()
+
+
+def rows_payload(params: dict, payload, rows: int, n: int, start: int, stop: int, initial):
+    """(start, stop, params, payload) decoding rows [start, stop) alone: rows follow each other
+    without padding, so only their bits are cut out. Without ties every row has one layout; with
+    ties the rows above ``start`` are sized by the core's layout pass over their initial values
+    (``initial(lo, hi)``, LAYOUT_CHUNK weights at a time), never decoded."""
+    ties = _ties(params)
+    _check_n(n)
+    if n < 2:
+        return start, stop, params, b""
+    if not ties:
+        per = _core.packed_row_bits(PERM, n, 1)
+        return start, stop, params, _bit_range(payload, start * per, stop * per)
+    step = max(1, LAYOUT_CHUNK // n)
+    first = 0
+    for lo in range(0, start, step):
+        first += _core.packed_layout_bits(_bits(initial(lo, min(start, lo + step))), True)
+    last = first + _core.packed_layout_bits(_bits(initial(start, stop)), True)
+    return start, stop, params, _bit_range(payload, first, last)

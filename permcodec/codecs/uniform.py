@@ -127,7 +127,7 @@ def check_payload(params: dict, payload, rows: int, n: int) -> None:
     most one per symbol, the decoder reads at most one), so a longer one cannot decode."""
     lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
     nseg = _nseg(rows, n, seg)
-    _, bounds = _rans.unframe(payload, nseg, lanes)
+    _, bounds = _rans.framing(payload, nseg, lanes)
     if nseg:
         symbols = np.minimum(seg, rows - seg * np.arange(nseg, dtype=np.int64)) * n
         over = np.flatnonzero(np.diff(bounds) > 2 * lanes + symbols)
@@ -163,3 +163,11 @@ def _decode(params, payload, values, out, perm: bool) -> None:
     rows, n = values.shape
     lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
     _core.uniform_decode(keys_of(values), payload, lanes, seg, out, perm)
+
+
+def rows_payload(params: dict, payload, rows: int, n: int, start: int, stop: int, initial=None):
+    """(lo, hi, params, payload) decoding rows [lo, hi) ⊇ [start, stop): the covering segments.
+    The payload has passed check_payload (tensors.decode_rows)."""
+    lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
+    lo, hi, sub_seg, sub = _rans.segments_covering(payload, rows, n, lanes, seg, start, stop)
+    return lo, hi, {**params, "segment_rows": sub_seg}, sub
