@@ -455,6 +455,9 @@ class ShardedFile:
     def get_tensor(self, name, device="cpu", check_digest: bool = False):
         return self._file_of(name).get_tensor(name, device, check_digest)
 
+    def get_rows(self, name, start: int, stop: int):
+        return self._file_of(name).get_rows(name, start, stop)
+
     def rules(self) -> dict:
         return self._api.rules_in(self)
 

@@ -202,3 +202,23 @@ def test_short_packed_payloads_and_bad_params_raise_format_error():
         T.decode_rows(entry, payload[:8], 3, 5)
     with pytest.raises(FormatError, match="tile the payload"):  # the table alone: no segment
         T.decode_rows(entry, payload[:-4 * (len(payload) // 4 - 7)], 3, 5)
+
+
+def test_sharded_save_slices_decode_only_their_rows(tmp_path, monkeypatch):
+    """A slice of a tensor in a sharded save goes to its shard's row decode, bit-equal to load()."""
+    import torch
+    import permcodec
+    from permcodec import tensors as T
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Linear(256, 32))
+    permcodec.init.apply_(model, seed=5)
+    path = tmp_path / "model.perm"
+    permcodec.save(model, path, max_shard_size=8_000, codec="packed")
+    assert (tmp_path / "model.perm.index.json").exists()
+    want = permcodec.load(path)
+    calls = []
+    real = T.decode_rows
+    monkeypatch.setattr(T, "decode_rows", lambda *a, **k: calls.append(a[2:4]) or real(*a, **k))
+    with permcodec.safe_open(path) as f:
+        got = f.get_slice("0.weight")[7:9]
+    assert calls == [(7, 9)]
+    assert torch.equal(got.view(torch.int32), want["0.weight"][7:9].view(torch.int32))
