@@ -11,6 +11,7 @@ file that does not fit in memory raises MemoryError saying so, never a corruptio
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -218,36 +219,38 @@ def check_working_memory(entry: dict, module, params: dict) -> None:
                           f"({WORK_FACTOR} x the decoded size + O(row) per thread): hostile or corrupt")
 
 
-def check_permuted(entry: dict, payload):
-    """(codec module, parameters) of a permuted tensor, after every check that needs no initial
-    values: the codec version, the codec's ``check_payload`` (optional) and the working-memory bound."""
-    module, params = codec_of(entry)
-    check = getattr(module, "check_payload", None)
+@contextlib.contextmanager
+def _codec_errors(entry: dict, module, what: str):
+    """A codec must not crash on hostile bytes: anything but a PermcodecError is reported as a
+    corrupt payload (FormatError), and running out of memory as such."""
     try:
-        if check is not None:
-            check(params, payload, *_perm.as_rows(entry["shape"]))
-        check_working_memory(entry, module, params)
+        yield
     except PermcodecError:
         raise
     except MemoryError:
         raise _out_of_memory(entry) from None
     except Exception as e:
-        raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} rejects the payload: {e!r}") from None
+        raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} {what} the payload: {e!r}") from None
+
+
+def check_permuted(entry: dict, payload):
+    """(codec module, parameters) of a permuted tensor, after every check that needs no initial
+    values: the codec version, the codec's ``check_payload`` (optional) and the working-memory bound."""
+    module, params = codec_of(entry)
+    check = getattr(module, "check_payload", None)
+    with _codec_errors(entry, module, "rejects"):
+        if check is not None:
+            check(params, payload, *_perm.as_rows(entry["shape"]))
+        check_working_memory(entry, module, params)
     return module, params
 
 
 def decode_permuted(entry: dict, payload, values: np.ndarray | None = None) -> np.ndarray:
     module, params = check_permuted(entry, payload)
     fused = getattr(module, "decode_values", None)  # decode + check_apply in one pass (fast codecs)
-    try:
+    with _codec_errors(entry, module, "failed on"):
         v = initial_rows(entry) if values is None else values
         p = (fused or module.decode)(params, payload, v)
-    except PermcodecError:
-        raise
-    except MemoryError:
-        raise _out_of_memory(entry) from None
-    except Exception as e:  # a codec must not crash on hostile bytes; report it as corrupt
-        raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} failed on the payload: {e!r}") from None
     if fused is not None:
         if not isinstance(p, np.ndarray) or p.shape != v.shape or p.dtype != v.dtype:
             raise FormatError(f"tensor {entry['name']!r}: codec returned {getattr(p, 'shape', p)!r}, "
@@ -277,14 +280,8 @@ def decode_rows(entry: dict, payload, start: int, stop: int) -> np.ndarray:
     if start >= stop:
         return np.empty([0] + shape[1:], dtypes.storage(entry["dtype"]))
     rows, n = _perm.as_rows(shape)
-    try:
+    with _codec_errors(entry, module, "rejects"):
         lo, hi, sub_params, sub = cut(params, payload, rows, n, start, stop, lambda a, b: initial_rows(entry, a, b))
-    except PermcodecError:
-        raise
-    except MemoryError:
-        raise _out_of_memory(entry) from None
-    except Exception as e:
-        raise FormatError(f"tensor {entry['name']!r}: codec {module.NAME!r} rejects the payload: {e!r}") from None
     part = {**entry, "shape": [hi - lo] + shape[1:], "codec": {**entry["codec"], **sub_params}}
     out = decode_permuted(part, sub, initial_rows(entry, lo, hi))
     return out[start - lo:stop - lo]
