@@ -39,8 +39,16 @@ void parallel_for(int64_t n, double work_per_item, double serial_below,
             if (!err) err = std::current_exception();
         }
     };
-    for (int64_t c = 1; c < chunks; ++c) pool.emplace_back(run, c);
+    // A thread that cannot be created (EAGAIN under a process or thread limit) is not an error:
+    // its chunk, and every later one, runs on the calling thread. Every started thread is joined
+    // before anything unwinds (a joinable std::thread's destructor would abort the process).
+    int64_t started = 1;
+    try {
+        for (; started < chunks; ++started) pool.emplace_back(run, started);
+    } catch (...) {
+    }
     run(0);
+    for (int64_t c = started; c < chunks; ++c) run(c);
     for (auto& th : pool) th.join();
     if (err) std::rethrow_exception(err);
 }
