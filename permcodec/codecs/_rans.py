@@ -66,6 +66,17 @@ def framing(payload, nseg: int, lanes: int) -> tuple[np.ndarray, np.ndarray]:
     return words, bounds
 
 
+def check_segment_words(bounds: np.ndarray, rows: int, n: int, lanes: int, seg: int, name: str) -> None:
+    """A segment holds its lanes' states and at most one stream word per symbol (the encoder emits
+    at most one per symbol, the decoder reads at most one): a longer one cannot decode."""
+    nseg = bounds.size - 1
+    if nseg and rows and n:
+        symbols = np.minimum(seg, rows - seg * np.arange(nseg, dtype=np.int64)) * n
+        over = np.flatnonzero(np.diff(bounds) > 2 * lanes + symbols)
+        if over.size:
+            raise FormatError(f"{name} payload segment {int(over[0])} has more stream words than symbols: corrupt")
+
+
 def check_layout(params: dict, keys: tuple, rows: int, n: int, name: str) -> tuple[int, int]:
     """Validate the shared params (lanes, segment_rows); returns them."""
     if not isinstance(params, dict) or set(params) != set(keys):

@@ -97,11 +97,7 @@ def framed(payload, rows: int, n: int, lanes: int, seg: int):
                           f"{rows}x{n} tensor ({4 * max_words(rows, n, lanes, seg)} bytes at most)")
     nseg = _nseg(rows, n, seg)
     words, bounds = _rans.framing(payload, nseg, lanes)
-    if nseg:
-        symbols = np.minimum(seg, rows - seg * np.arange(nseg, dtype=np.int64)) * n
-        over = np.flatnonzero(np.diff(bounds) > 2 * lanes + symbols)
-        if over.size:
-            raise FormatError(f"model payload segment {int(over[0])} has more stream words than symbols: corrupt")
+    _rans.check_segment_words(bounds, rows, n, lanes, seg, "model")
     return words, bounds
 
 

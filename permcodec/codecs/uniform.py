@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ..errors import FormatError, PermcodecError
+from ..errors import PermcodecError
 from . import _rans
 from ._rans import PREC
 
@@ -122,17 +122,10 @@ def encode(perm: np.ndarray, values: np.ndarray, lanes=None, segment_rows=None, 
 
 
 def check_payload(params: dict, payload, rows: int, n: int) -> None:
-    """Reject bad params or framing before the initial values are generated: besides the layout
-    (uniform.md §1-2), a segment holds at most one stream word per symbol (the encoder emits at
-    most one per symbol, the decoder reads at most one), so a longer one cannot decode."""
+    """Reject bad params or framing before the initial values are generated (uniform.md §1-2)."""
     lanes, seg = _rans.check_layout(params, KEYS, rows, n, NAME)
-    nseg = _nseg(rows, n, seg)
-    _, bounds = _rans.framing(payload, nseg, lanes)
-    if nseg:
-        symbols = np.minimum(seg, rows - seg * np.arange(nseg, dtype=np.int64)) * n
-        over = np.flatnonzero(np.diff(bounds) > 2 * lanes + symbols)
-        if over.size:
-            raise FormatError(f"uniform payload segment {int(over[0])} has more stream words than symbols: corrupt")
+    _, bounds = _rans.framing(payload, _nseg(rows, n, seg), lanes)
+    _rans.check_segment_words(bounds, rows, n, lanes, seg, NAME)
 
 
 def working_bytes(params: dict, rows: int, n: int, itemsize: int) -> int:
